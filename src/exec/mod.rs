@@ -1,0 +1,27 @@
+//! Executing a run: its environment (SPEC §6.2) and its supervisor process (§6.1).
+//!
+//! The daemon never runs a job's command itself. It writes a [`RunSpec`] into the
+//! run dir and starts a supervisor (this same binary, re-executed with the hidden
+//! `__supervise` subcommand) that starts the command, enforces `max_execution`,
+//! waits, and leaves a [`RunStatus`] in the run dir. Because everything the
+//! supervisor needs and produces lives in the run dir, a run outlives the daemon.
+
+pub mod environment;
+pub mod supervisor;
+
+pub use environment::{RunContext, build_environment};
+pub use supervisor::{
+    RunSpec, RunStatus, Rusage, SupervisorState, probe_supervisor, read_status, spawn_supervisor,
+    supervise, wait_for_supervisor,
+};
+
+/// Name of the run spec in the run dir (a dot-file: the job's own files stay visible).
+pub const SPEC_FILE: &str = ".dsari-run.json";
+/// Name of the status the supervisor leaves in the run dir.
+pub const STATUS_FILE: &str = ".dsari-status.json";
+/// Held locked (flock) by the supervisor for as long as it lives, with its pid inside:
+/// a restarted daemon tells a live supervisor from a dead one by trying the lock,
+/// which also guards against pid reuse, and learns of its end by waiting on it.
+pub const LOCK_FILE: &str = ".dsari-lock";
+/// The run's output, stdout and stderr interleaved.
+pub const OUTPUT_FILE: &str = "output.txt";

@@ -1,0 +1,412 @@
+//! The database: the Python dsari's two tables plus this project's own queue.
+//!
+//! Owns every SQL statement. `runs` and `runs_running` keep exactly the Python
+//! dsari's column names and types (SPEC §3); everything this project adds is
+//! additive: indexes, WAL, and the `dsari_pending` table of pending runs. A run
+//! moves from `runs_running` to `runs` in one transaction, so no reader ever
+//! sees it in both tables or in neither.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value;
+
+/// How long a statement waits for another writer before failing with "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors from the database, with the file they are about.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its directory: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A run as recorded in `runs` (finished) or `runs_running` (no stop time or exit code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub job_name: String,
+    pub run_id: String,
+    pub schedule_time: f64,
+    pub start_time: f64,
+    pub stop_time: Option<f64>,
+    pub exit_code: Option<i64>,
+    pub trigger_type: String,
+    pub trigger_data: Value,
+    pub run_data: Value,
+}
+
+/// A run that is due or waiting to start, kept across restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRecord {
+    pub run_id: String,
+    pub job_name: String,
+    pub schedule_time: f64,
+    pub trigger_type: String,
+    pub trigger_data: Value,
+    pub run_data: Value,
+}
+
+/// The latest finished run, the latest with exit 0 and the latest with a non-zero exit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreviousRuns {
+    pub any: Option<RunRecord>,
+    pub good: Option<RunRecord>,
+    pub bad: Option<RunRecord>,
+}
+
+/// One open database.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    job_name text,
+    run_id text,
+    schedule_time real,
+    start_time real,
+    stop_time real,
+    exit_code integer,
+    trigger_type text,
+    trigger_data text,
+    run_data text
+);
+CREATE TABLE IF NOT EXISTS runs_running (
+    job_name text,
+    run_id text,
+    schedule_time real,
+    start_time real,
+    trigger_type text,
+    trigger_data text,
+    run_data text
+);
+-- 'previous run of job X' (any, good, bad) is an index lookup, at any size (SPEC §11.5).
+CREATE INDEX IF NOT EXISTS dsari_runs_job_stop ON runs (job_name, stop_time);
+CREATE INDEX IF NOT EXISTS dsari_runs_job_ok_stop ON runs (job_name, (exit_code = 0), stop_time);
+CREATE INDEX IF NOT EXISTS dsari_runs_run_id ON runs (run_id);
+CREATE INDEX IF NOT EXISTS dsari_runs_running_run_id ON runs_running (run_id);
+CREATE TABLE IF NOT EXISTS dsari_pending (
+    run_id text PRIMARY KEY,
+    job_name text NOT NULL,
+    schedule_time real NOT NULL,
+    trigger_type text NOT NULL,
+    trigger_data text NOT NULL,
+    run_data text NOT NULL
+);
+";
+
+const RUN_COLUMNS: &str = "job_name, run_id, schedule_time, start_time, stop_time, exit_code, trigger_type, trigger_data, run_data";
+
+impl Store {
+    /// Open (creating if needed) the database for the daemon: schema, WAL, busy timeout.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let display = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: display.clone(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: display.clone(),
+            source,
+        })?;
+        let store = Store {
+            conn,
+            path: display,
+        };
+        store.setup()?;
+        Ok(store)
+    }
+
+    /// Open an existing database read-only (for reading commands: they never write).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let display = path.display().to_string();
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: display.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|source| StoreError::Sqlite {
+                path: display.clone(),
+                source,
+            })?;
+        Ok(Store {
+            conn,
+            path: display,
+        })
+    }
+
+    fn setup(&self) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.err(e))?;
+        // WAL: readers (other dsari commands, sqlite3, the Python tools) never block the daemon.
+        let _mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        // NORMAL is durable across a process crash in WAL mode; a power loss may
+        // lose the last transactions but never corrupts the file.
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(|e| self.err(e))?;
+        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The database file, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The latest, latest good and latest bad finished run of a job.
+    pub fn previous_runs(&self, job_name: &str) -> Result<PreviousRuns, StoreError> {
+        let any = self.one_run(
+            "WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1",
+            job_name,
+        )?;
+        let good = self.one_run(
+            "WHERE job_name = ?1 AND (exit_code = 0) = 1 ORDER BY stop_time DESC LIMIT 1",
+            job_name,
+        )?;
+        let bad = self.one_run(
+            "WHERE job_name = ?1 AND (exit_code = 0) = 0 ORDER BY stop_time DESC LIMIT 1",
+            job_name,
+        )?;
+        Ok(PreviousRuns { any, good, bad })
+    }
+
+    fn one_run(&self, tail: &str, job_name: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {tail}");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        stmt.query_row([job_name], row_to_run)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record a started run in `runs_running`, and drop its pending row, in one transaction.
+    pub fn start_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
+            .and_then(|mut s| s.execute([&run.run_id]))
+            .map_err(wrap)?;
+        tx.prepare_cached(
+            "INSERT INTO runs_running (job_name, run_id, schedule_time, start_time, \
+             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                run.job_name,
+                run.run_id,
+                run.schedule_time,
+                run.start_time,
+                run.trigger_type,
+                run.trigger_data.to_string(),
+                run.run_data.to_string(),
+            ])
+        })
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Move a finished run from `runs_running` to `runs`, in one transaction.
+    pub fn finish_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                run.job_name,
+                run.run_id,
+                run.schedule_time,
+                run.start_time,
+                run.stop_time,
+                run.exit_code,
+                run.trigger_type,
+                run.trigger_data.to_string(),
+                run.run_data.to_string(),
+            ])
+        })
+        .map_err(wrap)?;
+        tx.prepare_cached("DELETE FROM runs_running WHERE run_id = ?1")
+            .and_then(|mut s| s.execute([&run.run_id]))
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Every row of `runs_running` (runs a previous daemon left behind).
+    pub fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT job_name, run_id, schedule_time, start_time, NULL, NULL, \
+                 trigger_type, trigger_data, run_data FROM runs_running",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], row_to_run).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Insert or replace a pending run.
+    pub fn put_pending(&mut self, p: &PendingRecord) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
+                 trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.execute(params![
+            p.run_id,
+            p.job_name,
+            p.schedule_time,
+            p.trigger_type,
+            p.trigger_data.to_string(),
+            p.run_data.to_string(),
+        ])
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Replace one pending run by another (coalescing), in one transaction.
+    pub fn replace_pending(
+        &mut self,
+        old_run_id: &str,
+        new: &PendingRecord,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
+            .and_then(|mut s| s.execute([old_run_id]))
+            .map_err(wrap)?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
+             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                new.run_id,
+                new.job_name,
+                new.schedule_time,
+                new.trigger_type,
+                new.trigger_data.to_string(),
+                new.run_data.to_string(),
+            ])
+        })
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Every pending run, oldest due first.
+    pub fn pending_runs(&self) -> Result<Vec<PendingRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT run_id, job_name, schedule_time, trigger_type, trigger_data, run_data \
+                 FROM dsari_pending ORDER BY schedule_time",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingRecord {
+                    run_id: r.get(0)?,
+                    job_name: r.get(1)?,
+                    schedule_time: r.get(2)?,
+                    trigger_type: r.get(3)?,
+                    trigger_data: json_column(r, 4)?,
+                    run_data: json_column(r, 5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Finished runs, newest first, optionally limited to some jobs.
+    pub fn list_runs(
+        &self,
+        jobs: &[String],
+        limit: Option<u64>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
+        if !jobs.is_empty() {
+            let marks = vec!["?"; jobs.len()].join(", ");
+            sql.push_str(&format!(" WHERE job_name IN ({marks})"));
+        }
+        sql.push_str(" ORDER BY stop_time DESC");
+        if let Some(n) = limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(jobs.iter()), row_to_run)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn row_to_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        job_name: r.get(0)?,
+        run_id: r.get(1)?,
+        schedule_time: real_column(r, 2)?,
+        start_time: real_column(r, 3)?,
+        stop_time: r.get::<_, Option<f64>>(4)?,
+        exit_code: r.get(5)?,
+        trigger_type: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        trigger_data: json_column(r, 7)?,
+        run_data: json_column(r, 8)?,
+    })
+}
+
+/// A time column; NULL (which old tools could leave) reads as 0.
+fn real_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<f64> {
+    Ok(r.get::<_, Option<f64>>(i)?.unwrap_or(0.0))
+}
+
+/// A JSON text column; NULL or text that is not JSON reads as `{}` rather than
+/// failing the whole query (another tool may have written it).
+fn json_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
+    let text: Option<String> = r.get(i)?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| Value::Object(Default::default())))
+}
