@@ -189,11 +189,18 @@ fn config_check(dir: &std::path::Path) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(e) => {
-            for line in &e.errors {
-                eprintln!("error: {line}");
-            }
+            print_config_error(&e);
             Ok(1)
         }
+    }
+}
+
+fn print_config_error(e: &config::ConfigError) {
+    for w in &e.warnings {
+        eprintln!("warning: {w}");
+    }
+    for line in &e.errors {
+        eprintln!("error: {line}");
     }
 }
 
@@ -201,9 +208,7 @@ fn config_dump(dir: &std::path::Path, raw: bool, format: DumpFormat) -> anyhow::
     let loaded = match config::load(dir) {
         Ok(l) => l,
         Err(e) => {
-            for line in &e.errors {
-                eprintln!("error: {line}");
-            }
+            print_config_error(&e);
             return Ok(1);
         }
     };
