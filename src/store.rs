@@ -208,65 +208,109 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Record a started run in `runs_running`, and drop its pending row, in one transaction.
-    pub fn start_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+    /// Record started runs in `runs_running` and drop their pending rows (plus the
+    /// rows of pending runs they replaced), all in one transaction.
+    pub fn start_runs(
+        &mut self,
+        runs: &[RunRecord],
+        obsolete: &[String],
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
-            .and_then(|mut s| s.execute([&run.run_id]))
-            .map_err(wrap)?;
-        tx.prepare_cached(
-            "INSERT INTO runs_running (job_name, run_id, schedule_time, start_time, \
-             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                run.job_name,
-                run.run_id,
-                run.schedule_time,
-                run.start_time,
-                run.trigger_type,
-                run.trigger_data.to_string(),
-                run.run_data.to_string(),
-            ])
-        })
-        .map_err(wrap)?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
+                .map_err(wrap)?;
+            for id in obsolete {
+                delete.execute([id]).map_err(wrap)?;
+            }
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO runs_running (job_name, run_id, schedule_time, start_time, \
+                     trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(wrap)?;
+            for run in runs {
+                delete.execute([&run.run_id]).map_err(wrap)?;
+                insert
+                    .execute(params![
+                        run.job_name,
+                        run.run_id,
+                        run.schedule_time,
+                        run.start_time,
+                        run.trigger_type,
+                        run.trigger_data.to_string(),
+                        run.run_data.to_string(),
+                    ])
+                    .map_err(wrap)?;
+            }
+        }
         tx.commit().map_err(wrap)
     }
 
-    /// Move a finished run from `runs_running` to `runs`, in one transaction.
-    pub fn finish_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+    /// Record one started run (see [`Store::start_runs`]).
+    pub fn start_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        self.start_runs(std::slice::from_ref(run), &[])
+    }
+
+    /// Move finished runs from `runs_running` to `runs`, in one transaction.
+    pub fn finish_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        tx.prepare_cached(&format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
-                run.job_name,
-                run.run_id,
-                run.schedule_time,
-                run.start_time,
-                run.stop_time,
-                run.exit_code,
-                run.trigger_type,
-                run.trigger_data.to_string(),
-                run.run_data.to_string(),
-            ])
-        })
-        .map_err(wrap)?;
-        tx.prepare_cached("DELETE FROM runs_running WHERE run_id = ?1")
-            .and_then(|mut s| s.execute([&run.run_id]))
-            .map_err(wrap)?;
+        {
+            let mut insert = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ))
+                .map_err(wrap)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM runs_running WHERE run_id = ?1")
+                .map_err(wrap)?;
+            for run in runs {
+                insert
+                    .execute(params![
+                        run.job_name,
+                        run.run_id,
+                        run.schedule_time,
+                        run.start_time,
+                        run.stop_time,
+                        run.exit_code,
+                        run.trigger_type,
+                        run.trigger_data.to_string(),
+                        run.run_data.to_string(),
+                    ])
+                    .map_err(wrap)?;
+                delete.execute([&run.run_id]).map_err(wrap)?;
+            }
+        }
         tx.commit().map_err(wrap)
+    }
+
+    /// Move one finished run to `runs` (see [`Store::finish_runs`]).
+    pub fn finish_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        self.finish_runs(std::slice::from_ref(run))
+    }
+
+    /// Is this run id known anywhere (pending, running or finished)?
+    pub fn run_known(&self, run_id: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM dsari_pending WHERE run_id = ?1) \
+                 OR EXISTS (SELECT 1 FROM runs_running WHERE run_id = ?1) \
+                 OR EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([run_id], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 
     /// Every row of `runs_running` (runs a previous daemon left behind).
@@ -282,32 +326,11 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Insert or replace a pending run.
-    pub fn put_pending(&mut self, p: &PendingRecord) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
-                 trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.execute(params![
-            p.run_id,
-            p.job_name,
-            p.schedule_time,
-            p.trigger_type,
-            p.trigger_data.to_string(),
-            p.run_data.to_string(),
-        ])
-        .map(|_| ())
-        .map_err(|e| self.err(e))
-    }
-
-    /// Replace one pending run by another (coalescing), in one transaction.
-    pub fn replace_pending(
+    /// Insert or replace pending runs and delete the rows of replaced ones, in one transaction.
+    pub fn save_pending(
         &mut self,
-        old_run_id: &str,
-        new: &PendingRecord,
+        runs: &[PendingRecord],
+        obsolete: &[String],
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
@@ -315,24 +338,32 @@ impl Store {
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
-            .and_then(|mut s| s.execute([old_run_id]))
-            .map_err(wrap)?;
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
-             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                new.run_id,
-                new.job_name,
-                new.schedule_time,
-                new.trigger_type,
-                new.trigger_data.to_string(),
-                new.run_data.to_string(),
-            ])
-        })
-        .map_err(wrap)?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
+                .map_err(wrap)?;
+            for id in obsolete {
+                delete.execute([id]).map_err(wrap)?;
+            }
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
+                     trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(wrap)?;
+            for p in runs {
+                insert
+                    .execute(params![
+                        p.run_id,
+                        p.job_name,
+                        p.schedule_time,
+                        p.trigger_type,
+                        p.trigger_data.to_string(),
+                        p.run_data.to_string(),
+                    ])
+                    .map_err(wrap)?;
+            }
+        }
         tx.commit().map_err(wrap)
     }
 

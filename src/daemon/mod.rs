@@ -22,7 +22,7 @@ use crate::exec::{self, RunContext, RunSpec};
 use crate::store::{PendingRecord, PreviousRuns, RunRecord, Store};
 use crate::trigger::{self, Outcome};
 use crate::watch::{FsEvent, Watcher};
-use scheduler::{Scheduler, Start};
+use scheduler::Scheduler;
 
 /// Seconds between safety rescans of every trigger directory.
 pub const RESCAN_INTERVAL: f64 = 60.0;
@@ -95,10 +95,20 @@ struct Daemon {
     running: HashMap<String, ActiveRun>,
     /// Young trigger files that did not parse yet: retry at the time given.
     retries: HashMap<PathBuf, (String, f64)>,
-    /// Finished runs whose database write failed; retried.
+    /// Finished runs not yet in `runs`: recorded together at the end of the loop turn
+    /// (and kept, and retried, while the database fails).
     unrecorded: Vec<RunRecord>,
+    /// Pending runs not yet in the database, with the claimed trigger files that
+    /// hold them meanwhile (removed once the run is durably recorded).
+    unsaved: HashMap<String, Vec<PathBuf>>,
+    /// Pending rows in the database that replaced pending runs made obsolete.
+    obsolete: Vec<String>,
+    /// Latest / good / bad finished run per job, for the PREVIOUS_* variables.
+    previous: HashMap<String, PreviousRuns>,
     /// When to try again to start runs / record runs after a database failure.
     db_retry_at: Option<f64>,
+    /// The database failed and this was logged (log once, not in a loop).
+    db_failing: bool,
     warned_dirs: HashSet<String>,
     next_rescan: f64,
     shutdown: Option<Shutdown>,
@@ -140,7 +150,11 @@ impl Daemon {
             running: HashMap::new(),
             retries: HashMap::new(),
             unrecorded: Vec::new(),
+            unsaved: HashMap::new(),
+            obsolete: Vec::new(),
+            previous: HashMap::new(),
             db_retry_at: None,
+            db_failing: false,
             warned_dirs: HashSet::new(),
             next_rescan: 0.0,
             shutdown: None,
@@ -183,7 +197,9 @@ impl Daemon {
         );
         self.restore_pending();
         self.recover_running();
+        self.recover_claimed();
         self.rescan_all();
+        self.flush();
         Ok(())
     }
 
@@ -256,7 +272,7 @@ impl Daemon {
                     );
                 }
             }
-            self.record_finished(record);
+            self.unrecorded.push(record);
         }
     }
 
@@ -278,16 +294,12 @@ impl Daemon {
         loop {
             let now = crate::time::now();
             self.fire_timers(now);
-            if self.shutdown.is_none() {
-                self.start_due(now);
-            }
+            self.flush();
             if self.shutdown.is_some() && self.running.is_empty() {
-                self.flush_unrecorded();
                 info!("shut down");
                 return 0;
             }
             if self.opts.once && self.once_done(now) {
-                self.flush_unrecorded();
                 print_runs(&self.recorded);
                 return 0;
             }
@@ -306,7 +318,10 @@ impl Daemon {
     }
 
     fn once_done(&self, now: f64) -> bool {
-        self.running.is_empty() && self.retries.is_empty() && !self.scheduler.has_due(now)
+        self.running.is_empty()
+            && self.retries.is_empty()
+            && self.unrecorded.is_empty()
+            && !self.scheduler.has_due(now)
     }
 
     fn next_wakeup(&self, now: f64) -> f64 {
@@ -342,11 +357,21 @@ impl Daemon {
             .collect();
         for (path, job) in due {
             self.retries.remove(&path);
-            self.process_file(&job, &path);
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let claimed = path
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|d| d == CLAIM_DIR);
+            match file.split_once(CLAIM_SEPARATOR) {
+                Some((run_id, name)) if claimed => self.process_claimed(&job, &path, run_id, name),
+                _ => self.process_file(&job, &path),
+            }
         }
         if self.db_retry_at.is_some_and(|t| t <= now) {
             self.db_retry_at = None;
-            self.flush_unrecorded();
         }
         let kill_now = self
             .shutdown
@@ -595,15 +620,23 @@ impl Daemon {
         }
     }
 
-    /// Read one trigger file and turn it into a pending run, a retry or a rejection.
+    /// Claim one trigger file and turn it into a pending run, a retry or a rejection.
+    ///
+    /// A file that does not parse yet and is young stays where it is (its writer
+    /// may not be done). Anything else is claimed: renamed into
+    /// `.claimed/RUN_ID--NAME` and read again from there, so what runs is exactly
+    /// what was claimed. From then on no event or rescan sees it, a writer may
+    /// reuse the name at once, and a crash before the run is recorded leaves the
+    /// file there, to be processed (or, when its run id is already recorded,
+    /// removed) at the next start.
     fn process_file(&mut self, job_name: &str, path: &Path) {
         if !self.config.jobs.contains_key(job_name) {
             return;
         }
-        let now = crate::time::now();
-        match trigger::read(path, self.config.trigger_max_bytes, now) {
+        match trigger::read(path, self.config.trigger_max_bytes, crate::time::now()) {
             Outcome::Gone => {
                 self.retries.remove(path);
+                return;
             }
             Outcome::RetryAt(at) => {
                 debug!(
@@ -612,19 +645,98 @@ impl Daemon {
                 );
                 self.retries
                     .insert(path.to_path_buf(), (job_name.to_string(), at));
+                return;
+            }
+            Outcome::Trigger(_) | Outcome::Reject(_) => {
+                self.retries.remove(path);
+            }
+        }
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        let claim_dir = job_trigger_dir(&self.config, job_name).join(CLAIM_DIR);
+        if let Err(e) = ensure_private_dir(&claim_dir) {
+            error!(
+                "[{job_name}] cannot use {}: {e}; trigger {name} stays where it is",
+                claim_dir.display()
+            );
+            return;
+        }
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let claimed = claim_dir.join(format!("{run_id}{CLAIM_SEPARATOR}{name}"));
+        match std::fs::rename(path, &claimed) {
+            Ok(()) => self.process_claimed(job_name, &claimed, &run_id, &name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => error!("[{job_name}] cannot claim trigger {name}: {e}"),
+        }
+    }
+
+    /// Read a claimed trigger file (see [`Daemon::process_file`]).
+    fn process_claimed(&mut self, job_name: &str, claimed: &Path, run_id: &str, name: &str) {
+        let now = crate::time::now();
+        match trigger::read(claimed, self.config.trigger_max_bytes, now) {
+            Outcome::Gone => {
+                self.retries.remove(claimed);
+            }
+            Outcome::RetryAt(at) => {
+                debug!("[{job_name}] {name} does not parse yet; it is young, trying again later");
+                self.retries
+                    .insert(claimed.to_path_buf(), (job_name.to_string(), at));
             }
             Outcome::Reject(reason) => {
-                self.retries.remove(path);
-                self.reject(job_name, path, &reason);
+                self.retries.remove(claimed);
+                self.reject(job_name, claimed, name, &reason);
             }
             Outcome::Trigger(t) => {
-                self.retries.remove(path);
-                self.accept(job_name, path, t);
+                self.retries.remove(claimed);
+                self.accept(job_name, claimed, run_id, name, t);
             }
         }
     }
 
-    fn accept(&mut self, job_name: &str, path: &Path, t: trigger::Trigger) {
+    /// Claimed files left by a daemon that stopped before recording their runs.
+    fn recover_claimed(&mut self) {
+        let jobs: Vec<String> = self.config.jobs.keys().cloned().collect();
+        for job in jobs {
+            let dir = job_trigger_dir(&self.config, &job).join(CLAIM_DIR);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let Some((run_id, name)) = file.split_once(CLAIM_SEPARATOR) else {
+                    continue;
+                };
+                let path = entry.path();
+                match self.store.run_known(run_id) {
+                    Ok(true) => {
+                        debug!(
+                            "[{job} {run_id}] claimed trigger {name} was already recorded; removing it"
+                        );
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Ok(false) => {
+                        info!(
+                            "[{job} {run_id}] picking up trigger {name} claimed before a restart"
+                        );
+                        self.process_claimed(&job, &path, run_id, name);
+                    }
+                    Err(e) => error!("[{job}] cannot check claimed trigger {name}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A valid trigger becomes a pending run, in memory until the end of this loop
+    /// turn, when it is started or saved and its file removed (see [`Daemon::flush`]).
+    fn accept(
+        &mut self,
+        job_name: &str,
+        claimed: &Path,
+        run_id: &str,
+        name: &str,
+        t: trigger::Trigger,
+    ) {
         let Some(job) = self.config.jobs.get(job_name) else {
             return;
         };
@@ -633,14 +745,13 @@ impl Daemon {
         let mut run_data = json!({});
         if !dropped.is_empty() {
             warn!(
-                "[{job_name}] {}: environment names dropped (not allowed from a trigger file): {}",
-                path.display(),
+                "[{job_name} {run_id}] trigger {name}: environment names dropped (not allowed from a trigger file): {}",
                 dropped.join(", ")
             );
             run_data["dropped_environment"] = json!(dropped);
         }
         let mut pending = PendingRecord {
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id: run_id.to_string(),
             job_name: job_name.to_string(),
             schedule_time: t.schedule_time,
             trigger_type: "file".into(),
@@ -648,67 +759,44 @@ impl Daemon {
             run_data,
         };
         let replaces = self.scheduler.coalesce(&mut pending);
-        let saved = match &replaces {
-            Some(old) => self.store.replace_pending(old, &pending),
-            None => self.store.put_pending(&pending),
-        };
-        if let Err(e) = saved {
-            // Keep the file: it is picked up again once the database answers.
-            error!(
-                "[{job_name}] {}: cannot record the pending run, the file stays for a retry: {e}",
-                path.display()
-            );
-            self.retries.insert(
-                path.to_path_buf(),
-                (job_name.to_string(), crate::time::now() + DB_RETRY),
-            );
-            return;
+        let mut files = vec![claimed.to_path_buf()];
+        if let Some(old) = &replaces {
+            match self.unsaved.remove(old) {
+                // Its files go once the run that carries its trigger data is recorded.
+                Some(old_files) => files.extend(old_files),
+                None => self.obsolete.push(old.clone()),
+            }
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         match &replaces {
             Some(old) => info!(
-                "[{job_name} {}] trigger {name} seen, run due {}, replacing pending run {old}",
-                pending.run_id,
+                "[{job_name} {run_id}] trigger {name} seen, run due {}, replacing pending run {old}",
                 due_text(pending.schedule_time)
             ),
             None => info!(
-                "[{job_name} {}] trigger {name} seen, run due {}",
-                pending.run_id,
+                "[{job_name} {run_id}] trigger {name} seen, run due {}",
                 due_text(pending.schedule_time)
             ),
         }
+        self.unsaved.insert(run_id.to_string(), files);
         self.scheduler.insert(pending, replaces.as_deref());
-        if let Err(e) = std::fs::remove_file(path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            error!(
-                "[{job_name}] cannot remove {} after recording it: {e}",
-                path.display()
-            );
-        }
     }
 
-    fn reject(&mut self, job_name: &str, path: &Path, reason: &str) {
+    fn reject(&mut self, job_name: &str, claimed: &Path, name: &str, reason: &str) {
         let dir = job_trigger_dir(&self.config, job_name).join(".rejected");
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = ensure_private_dir(&dir) {
             error!(
-                "[{job_name}] trigger {name} rejected ({reason}) but cannot create {}: {e}",
-                dir.display()
+                "[{job_name}] trigger {name} rejected ({reason}) but cannot create {}: {e}; it stays in {}",
+                dir.display(),
+                claimed.display()
             );
             return;
         }
-        let target = unique_name(&dir, &name);
-        if let Err(e) = std::fs::rename(path, &target) {
+        let target = unique_name(&dir, name);
+        if let Err(e) = std::fs::rename(claimed, &target) {
             error!(
-                "[{job_name}] trigger {name} rejected ({reason}) but cannot move it to {}: {e}",
-                dir.display()
+                "[{job_name}] trigger {name} rejected ({reason}) but cannot move it to {}: {e}; it stays in {}",
+                dir.display(),
+                claimed.display()
             );
             return;
         }
@@ -728,58 +816,145 @@ impl Daemon {
 
     // ----- runs -----------------------------------------------------------
 
-    fn start_due(&mut self, now: f64) {
+    /// The end of a loop turn: record finished runs, start what is due, save what
+    /// stays pending — one database transaction each, however many runs — and only
+    /// then remove the trigger files those runs came from.
+    fn flush(&mut self) {
         if self.db_retry_at.is_some() {
             return;
         }
-        let starts = self.scheduler.due(now, &mut |n| random_below(n));
-        let mut failed = false;
-        for start in starts {
-            if failed {
-                self.scheduler.unstart(start);
-            } else if let Err(start) = self.start_run(start) {
-                failed = true;
-                self.scheduler.unstart(*start);
-            }
-        }
-        if failed {
+        if !self.record_unrecorded()
+            || (self.shutdown.is_none() && !self.start_due())
+            || !self.save_pending()
+        {
             self.db_retry_at = Some(crate::time::now() + DB_RETRY);
         }
     }
 
-    /// Start one run. Gives the run back when the database refused it (try again later).
-    fn start_run(&mut self, start: Start) -> Result<(), Box<Start>> {
-        let Some(job) = self.config.jobs.get(&start.run.job_name).cloned() else {
-            return Err(Box::new(start));
-        };
-        let p = &start.run;
-        let dir = run_dir(&self.config, &job.name, &p.run_id);
-        let previous = self.store.previous_runs(&job.name).unwrap_or_else(|e| {
-            warn!(
-                "[{} {}] cannot look up previous runs: {e}",
-                job.name, p.run_id
-            );
-            PreviousRuns::default()
-        });
-        let mut record = RunRecord {
-            job_name: job.name.clone(),
-            run_id: p.run_id.clone(),
-            schedule_time: p.schedule_time,
-            start_time: crate::time::now(),
-            stop_time: None,
-            exit_code: None,
-            trigger_type: p.trigger_type.clone(),
-            trigger_data: p.trigger_data.clone(),
-            run_data: p.run_data.clone(),
-        };
-        if let Err(e) = self.store.start_run(&record) {
-            error!(
-                "[{} {}] cannot record the start of the run, will retry: {e}",
-                job.name, p.run_id
-            );
-            return Err(Box::new(start));
+    /// Write finished runs to `runs`; false when the database refused (they are kept).
+    fn record_unrecorded(&mut self) -> bool {
+        if self.unrecorded.is_empty() {
+            return true;
         }
-        let spec = self.run_spec(&job, &record, &dir, start.group.as_deref(), &previous);
+        match self.store.finish_runs(&self.unrecorded) {
+            Ok(()) => {
+                if self.db_failing {
+                    self.db_failing = false;
+                    info!(
+                        "the database answers again: {} finished runs recorded",
+                        self.unrecorded.len()
+                    );
+                }
+                for record in std::mem::take(&mut self.unrecorded) {
+                    self.remember_previous(&record);
+                    if self.opts.once {
+                        self.recorded.push(record);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                self.database_failed(&format!(
+                    "cannot record {} finished runs, keeping them to retry: {e}",
+                    self.unrecorded.len()
+                ));
+                false
+            }
+        }
+    }
+
+    fn database_failed(&mut self, msg: &str) {
+        if !self.db_failing {
+            self.db_failing = true;
+            error!("{msg} (retrying every {DB_RETRY} s; this is logged once)");
+        }
+    }
+
+    /// Start every run that is due and allowed; false when the database refused.
+    fn start_due(&mut self) -> bool {
+        let now = crate::time::now();
+        let starts = self.scheduler.due(now, &mut |n| random_below(n));
+        if starts.is_empty() {
+            return true;
+        }
+        let start_time = crate::time::now();
+        let records: Vec<RunRecord> = starts
+            .iter()
+            .map(|st| RunRecord {
+                job_name: st.run.job_name.clone(),
+                run_id: st.run.run_id.clone(),
+                schedule_time: st.run.schedule_time,
+                start_time,
+                stop_time: None,
+                exit_code: None,
+                trigger_type: st.run.trigger_type.clone(),
+                trigger_data: st.run.trigger_data.clone(),
+                run_data: st.run.run_data.clone(),
+            })
+            .collect();
+        if let Err(e) = self.store.start_runs(&records, &self.obsolete) {
+            self.database_failed(&format!(
+                "cannot record the start of {} runs, will retry: {e}",
+                records.len()
+            ));
+            for st in starts {
+                self.scheduler.unstart(st);
+            }
+            return false;
+        }
+        self.obsolete.clear();
+        for (st, record) in starts.into_iter().zip(records) {
+            self.remove_claimed(&record.run_id);
+            self.spawn(record, st.group);
+        }
+        true
+    }
+
+    /// Save pending runs that are not in the database yet; false when it refused.
+    fn save_pending(&mut self) -> bool {
+        if self.unsaved.is_empty() && self.obsolete.is_empty() {
+            return true;
+        }
+        let rows: Vec<PendingRecord> = self
+            .scheduler
+            .pending()
+            .iter()
+            .filter(|p| self.unsaved.contains_key(&p.run_id))
+            .cloned()
+            .collect();
+        if let Err(e) = self.store.save_pending(&rows, &self.obsolete) {
+            self.database_failed(&format!(
+                "cannot save {} pending runs, their trigger files stay claimed: {e}",
+                rows.len()
+            ));
+            return false;
+        }
+        self.obsolete.clear();
+        for p in rows {
+            self.remove_claimed(&p.run_id);
+        }
+        // Whatever is left belonged to runs no longer pending (none expected).
+        for (_, files) in std::mem::take(&mut self.unsaved) {
+            remove_files(&files);
+        }
+        true
+    }
+
+    /// The run is durably recorded: its claimed trigger files can go.
+    fn remove_claimed(&mut self, run_id: &str) {
+        if let Some(files) = self.unsaved.remove(run_id) {
+            remove_files(&files);
+        }
+    }
+
+    /// Start a run's supervisor; a run that cannot start is recorded as failed.
+    fn spawn(&mut self, mut record: RunRecord, group: Option<String>) {
+        let Some(job) = self.config.jobs.get(&record.job_name).cloned() else {
+            return;
+        };
+        let dir = run_dir(&self.config, &job.name, &record.run_id);
+        let previous = self.previous_runs(&job.name);
+        let spec = self.run_spec(&job, &record, &dir, group.as_deref(), &previous);
         let spawned = std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))
             .and_then(|()| {
@@ -793,8 +968,7 @@ impl Daemon {
                     "[{} {}] started, pid {pid}{}: {}",
                     job.name,
                     record.run_id,
-                    start
-                        .group
+                    group
                         .as_deref()
                         .map(|g| format!(", group {g}"))
                         .unwrap_or_default(),
@@ -816,10 +990,45 @@ impl Daemon {
                 record.exit_code = Some(-1);
                 record.run_data["error"] = json!(msg);
                 self.scheduler.finished(&record.run_id);
-                self.record_finished(record);
+                self.unrecorded.push(record);
             }
         }
-        Ok(())
+    }
+
+    /// The PREVIOUS_* runs of a job: from memory once looked up (this daemon writes
+    /// every finished run, so it keeps them current), else three index lookups.
+    fn previous_runs(&mut self, job: &str) -> PreviousRuns {
+        if let Some(p) = self.previous.get(job) {
+            return p.clone();
+        }
+        match self.store.previous_runs(job) {
+            Ok(p) => {
+                self.previous.insert(job.to_string(), p.clone());
+                p
+            }
+            Err(e) => {
+                warn!("[{job}] cannot look up previous runs: {e}");
+                PreviousRuns::default()
+            }
+        }
+    }
+
+    fn remember_previous(&mut self, record: &RunRecord) {
+        let Some(p) = self.previous.get_mut(&record.job_name) else {
+            return;
+        };
+        let newer = |old: &Option<RunRecord>| {
+            old.as_ref()
+                .is_none_or(|o| o.stop_time.unwrap_or(0.0) <= record.stop_time.unwrap_or(0.0))
+        };
+        if newer(&p.any) {
+            p.any = Some(record.clone());
+        }
+        match record.exit_code {
+            Some(0) if newer(&p.good) => p.good = Some(record.clone()),
+            Some(c) if c != 0 && newer(&p.bad) => p.bad = Some(record.clone()),
+            _ => {}
+        }
     }
 
     fn run_spec(
@@ -908,40 +1117,7 @@ impl Daemon {
             record.exit_code.unwrap_or(-1),
             record.stop_time.unwrap_or(record.start_time) - record.start_time
         );
-        self.record_finished(record);
-    }
-
-    /// Move a finished run to `runs`; keep it for a retry when the database fails.
-    fn record_finished(&mut self, record: RunRecord) {
-        match self.store.finish_run(&record) {
-            Ok(()) => {
-                if self.opts.once {
-                    self.recorded.push(record);
-                }
-            }
-            Err(e) => {
-                if self.unrecorded.is_empty() {
-                    error!(
-                        "[{} {}] cannot record the finished run, keeping it to retry: {e}",
-                        record.job_name, record.run_id
-                    );
-                }
-                self.unrecorded.push(record);
-                self.db_retry_at
-                    .get_or_insert(crate::time::now() + DB_RETRY);
-            }
-        }
-    }
-
-    fn flush_unrecorded(&mut self) {
-        let pending = std::mem::take(&mut self.unrecorded);
-        let n = pending.len();
-        for record in pending {
-            self.record_finished(record);
-        }
-        if n > 0 && self.unrecorded.is_empty() {
-            info!("the database answers again: {n} finished runs recorded");
-        }
+        self.unrecorded.push(record);
     }
 
     // ----- signals --------------------------------------------------------
@@ -1132,6 +1308,30 @@ pub fn job_trigger_dir(config: &Config, job: &str) -> PathBuf {
 /// `data_dir/runs/JOB/RUN_ID`.
 pub fn run_dir(config: &Config, job: &str, run_id: &str) -> PathBuf {
     config.data_dir.join("runs").join(job).join(run_id)
+}
+
+/// Where claimed trigger files wait until their run is recorded (per job dir).
+const CLAIM_DIR: &str = ".claimed";
+/// Between the run id and the original name in a claimed file's name.
+const CLAIM_SEPARATOR: &str = "--";
+
+/// Create a directory of the daemon's own (not followed if it is a symlink).
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::other("exists and is not a directory")),
+        Err(_) => std::fs::create_dir(dir),
+    }
+}
+
+fn remove_files(files: &[PathBuf]) {
+    for f in files {
+        if let Err(e) = std::fs::remove_file(f)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            error!("cannot remove {} after recording its run: {e}", f.display());
+        }
+    }
 }
 
 /// `dir/name`, or `dir/name.1`, `.2`, … when taken.

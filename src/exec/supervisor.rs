@@ -374,6 +374,9 @@ fn write_status(run_dir: &Path, status: &RunStatus) -> std::io::Result<()> {
 }
 
 /// Write a file readable by its owner only (the spec holds the run's environment).
+/// No fsync: these files must survive a crash of the daemon or the supervisor,
+/// which the page cache guarantees; after a power loss the run is lost anyway,
+/// and an fsync here would cost milliseconds of every run's start.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
@@ -381,6 +384,5 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    f.write_all(bytes)
 }
