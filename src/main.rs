@@ -115,6 +115,10 @@ enum DumpFormat {
 
 fn main() -> ExitCode {
     let args = compat_args(std::env::args_os().collect());
+    // The supervisor starts for every run: skip building the whole command line.
+    if args.len() == 3 && args[1] == dsari::exec::SUPERVISE_ARG {
+        return ExitCode::from(supervise(PathBuf::from(&args[2])));
+    }
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -140,7 +144,7 @@ fn compat_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Supervise { run_dir } => Ok(dsari::exec::supervise(&run_dir).clamp(0, 255) as u8),
+        Command::Supervise { run_dir } => Ok(supervise(run_dir)),
         Command::Daemon {
             dir,
             fork,
@@ -173,6 +177,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             ConfigAction::Dump { dir, raw, format } => config_dump(&dir.resolve(), raw, format),
         },
     }
+}
+
+/// `dsari __supervise RUN_DIR`, or `-` for a spare that reads its run dir from stdin.
+fn supervise(run_dir: PathBuf) -> u8 {
+    let run_dir = if run_dir.as_os_str() == dsari::exec::SPARE_ARG {
+        match dsari::exec::read_spare_run_dir() {
+            Some(d) => d,
+            None => return 0,
+        }
+    } else {
+        run_dir
+    };
+    dsari::exec::supervise(&run_dir).clamp(0, 255) as u8
 }
 
 fn config_check(dir: &std::path::Path) -> anyhow::Result<u8> {

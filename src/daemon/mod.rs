@@ -117,6 +117,8 @@ struct Daemon {
     user: Option<(String, String)>,
     /// Runs recorded by this process (for `--once`).
     recorded: Vec<RunRecord>,
+    /// A supervisor started ahead of the next run (see [`exec::Spare`]).
+    spare: Option<exec::Spare>,
 }
 
 impl Daemon {
@@ -162,6 +164,7 @@ impl Daemon {
             daemon_path: std::env::var("PATH").ok(),
             user,
             recorded: Vec::new(),
+            spare: None,
             opts,
         })
     }
@@ -829,6 +832,21 @@ impl Daemon {
         {
             self.db_retry_at = Some(crate::time::now() + DB_RETRY);
         }
+        self.keep_spare();
+    }
+
+    /// Keep one spare supervisor ready while the daemon takes new runs.
+    fn keep_spare(&mut self) {
+        if self.shutdown.is_some() || self.opts.once {
+            self.spare = None;
+            return;
+        }
+        if self.spare.is_none() {
+            match exec::Spare::start(&self.exe) {
+                Ok(s) => self.spare = Some(s),
+                Err(e) => debug!("cannot start a spare supervisor: {e}"),
+            }
+        }
     }
 
     /// Write finished runs to `runs`; false when the database refused (they are kept).
@@ -958,7 +976,7 @@ impl Daemon {
         let spawned = std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))
             .and_then(|()| {
-                exec::spawn_supervisor(&self.exe, &dir, &spec)
+                exec::spawn_supervisor(&self.exe, &dir, &spec, self.spare.take())
                     .map_err(|e| format!("cannot start the run's supervisor: {e}"))
             });
         match spawned {
