@@ -22,6 +22,8 @@ use crate::document::{self, Format};
 
 /// Default `max_execution_grace`, seconds (SPEC §2.1).
 pub const DEFAULT_MAX_EXECUTION_GRACE: f64 = 60.0;
+/// Default `idempotency_window`, seconds (SPEC §4.2: 24 hours).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: f64 = 86400.0;
 /// Default `trigger_max_bytes` (SPEC §4.4).
 pub const DEFAULT_TRIGGER_MAX_BYTES: u64 = 1024 * 1024;
 
@@ -45,6 +47,9 @@ pub struct Config {
     pub report_run_output_end: u64,
     /// Trigger files larger than this are rejected unread (SPEC §4.4).
     pub trigger_max_bytes: u64,
+    /// Seconds during which a second trigger with the same `idempotency_key`
+    /// makes no new run (SPEC §4.2); 0 turns the check off.
+    pub idempotency_window: f64,
     pub concurrency_groups: BTreeMap<String, ConcurrencyGroup>,
     pub jobs: BTreeMap<String, Job>,
     /// The merged configuration as read, before validation (`config dump --raw`).
@@ -186,6 +191,7 @@ impl Config {
             "shutdown_kill_runs": self.shutdown_kill_runs,
             "template_dir": self.template_dir.as_deref().map(path_text),
             "trigger_max_bytes": self.trigger_max_bytes,
+            "idempotency_window": self.idempotency_window,
         })
     }
 }
@@ -584,6 +590,7 @@ const TOP_KEYS: &[&str] = &[
     "report_run_output_start",
     "report_run_output_end",
     "trigger_max_bytes",
+    "idempotency_window",
 ];
 
 const JOB_KEYS: &[&str] = &[
@@ -699,6 +706,9 @@ impl<'a> Checker<'a> {
             trigger_max_bytes: self
                 .get(&top, &raw, "trigger_max_bytes", positive_count)
                 .unwrap_or(DEFAULT_TRIGGER_MAX_BYTES),
+            idempotency_window: self
+                .get(&top, &raw, "idempotency_window", seconds)
+                .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
             concurrency_groups: self.concurrency_groups(&raw),
             jobs: BTreeMap::new(),
             raw: Value::Null,

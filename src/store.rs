@@ -105,7 +105,22 @@ CREATE TABLE IF NOT EXISTS dsari_pending (
     trigger_data text NOT NULL,
     run_data text NOT NULL
 );
+-- idempotency_key of triggers (SPEC §4.2), written with the run they made.
+CREATE TABLE IF NOT EXISTS dsari_idempotency (
+    job_name text NOT NULL,
+    key text NOT NULL,
+    run_id text NOT NULL,
+    seen_time real NOT NULL,
+    PRIMARY KEY (job_name, key)
+);
 ";
+
+/// Remember a trigger's `idempotency_key` with the run it made (no-op without one).
+const REMEMBER_KEY: &str = "INSERT INTO dsari_idempotency (job_name, key, run_id, seen_time) \
+    SELECT ?1, json_extract(?2, '$.idempotency_key'), ?3, ?4 \
+    WHERE json_type(?2, '$.idempotency_key') = 'text' \
+    ON CONFLICT (job_name, key) DO UPDATE SET run_id = excluded.run_id, seen_time = excluded.seen_time \
+    WHERE run_id != excluded.run_id";
 
 const RUN_COLUMNS: &str = "job_name, run_id, schedule_time, start_time, stop_time, exit_code, trigger_type, trigger_data, run_data";
 
@@ -234,8 +249,17 @@ impl Store {
                      trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(wrap)?;
+            let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(wrap)?;
             for run in runs {
                 delete.execute([&run.run_id]).map_err(wrap)?;
+                remember
+                    .execute(params![
+                        run.job_name,
+                        run.trigger_data.to_string(),
+                        run.run_id,
+                        run.start_time
+                    ])
+                    .map_err(wrap)?;
                 insert
                     .execute(params![
                         run.job_name,
@@ -313,6 +337,34 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The run a trigger with this `idempotency_key` made at or after `since`, if any.
+    pub fn idempotency_run(
+        &self,
+        job_name: &str,
+        key: &str,
+        since: f64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT run_id FROM dsari_idempotency WHERE job_name = ?1 AND key = ?2 AND seen_time >= ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row(params![job_name, key, since], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forget idempotency keys seen before `before`.
+    pub fn prune_idempotency(&mut self, before: f64) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM dsari_idempotency WHERE seen_time < ?1",
+                [before],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Every row of `runs_running` (runs a previous daemon left behind).
     pub fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self
@@ -351,7 +403,17 @@ impl Store {
                      trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(wrap)?;
+            let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(wrap)?;
+            let now = crate::time::now();
             for p in runs {
+                remember
+                    .execute(params![
+                        p.job_name,
+                        p.trigger_data.to_string(),
+                        p.run_id,
+                        now
+                    ])
+                    .map_err(wrap)?;
                 insert
                     .execute(params![
                         p.run_id,

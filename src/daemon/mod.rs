@@ -518,6 +518,13 @@ impl Daemon {
     /// Rescan every trigger directory (start, SIGUSR1, overflow, every 60 s).
     fn rescan_all(&mut self) {
         self.next_rescan = crate::time::now() + RESCAN_INTERVAL;
+        if self.config.idempotency_window > 0.0
+            && let Err(e) = self
+                .store
+                .prune_idempotency(crate::time::now() - self.config.idempotency_window)
+        {
+            debug!("cannot prune old idempotency keys: {e}");
+        }
         let root = trigger_root(&self.config);
         if let Err(e) = std::fs::create_dir_all(&root) {
             error!("cannot create {}: {e}", root.display());
@@ -668,7 +675,10 @@ impl Daemon {
         let run_id = uuid::Uuid::new_v4().to_string();
         let claimed = claim_dir.join(format!("{run_id}{CLAIM_SEPARATOR}{name}"));
         match std::fs::rename(path, &claimed) {
-            Ok(()) => self.process_claimed(job_name, &claimed, &run_id, &name),
+            Ok(()) => {
+                fault_point("claimed");
+                self.process_claimed(job_name, &claimed, &run_id, &name)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => error!("[{job_name}] cannot claim trigger {name}: {e}"),
         }
@@ -693,6 +703,32 @@ impl Daemon {
             Outcome::Trigger(t) => {
                 self.retries.remove(claimed);
                 self.accept(job_name, claimed, run_id, name, t);
+            }
+        }
+    }
+
+    /// The run an earlier trigger with this key made within the window, if any.
+    fn idempotent_duplicate(&self, job_name: &str, key: &str) -> Option<String> {
+        if self.config.idempotency_window <= 0.0 {
+            return None;
+        }
+        let in_memory = self.scheduler.pending().iter().find(|p| {
+            p.job_name == job_name
+                && p.trigger_data
+                    .get("idempotency_key")
+                    .and_then(Value::as_str)
+                    == Some(key)
+        });
+        if let Some(p) = in_memory {
+            return Some(p.run_id.clone());
+        }
+        let since = crate::time::now() - self.config.idempotency_window;
+        match self.store.idempotency_run(job_name, key, since) {
+            Ok(found) => found,
+            Err(e) => {
+                // Better one run too many than a trigger dropped on a database hiccup.
+                warn!("[{job_name}] cannot check idempotency_key {key:?}: {e}");
+                None
             }
         }
     }
@@ -740,6 +776,16 @@ impl Daemon {
         name: &str,
         t: trigger::Trigger,
     ) {
+        if let Some(key) = &t.idempotency_key
+            && let Some(earlier) = self.idempotent_duplicate(job_name, key)
+        {
+            info!(
+                "[{job_name}] trigger {name} has idempotency_key {key:?} already seen within {} s (run {earlier}): no new run; file removed",
+                self.config.idempotency_window
+            );
+            remove_files(&[claimed.to_path_buf()]);
+            return;
+        }
         let Some(job) = self.config.jobs.get(job_name) else {
             return;
         };
@@ -854,6 +900,7 @@ impl Daemon {
         if self.unrecorded.is_empty() {
             return true;
         }
+        fault_point("finishing");
         match self.store.finish_runs(&self.unrecorded) {
             Ok(()) => {
                 if self.db_failing {
@@ -922,6 +969,7 @@ impl Daemon {
         }
         self.obsolete.clear();
         for (st, record) in starts.into_iter().zip(records) {
+            fault_point("started");
             self.remove_claimed(&record.run_id);
             self.spawn(record, st.group);
         }
@@ -949,6 +997,7 @@ impl Daemon {
         }
         self.obsolete.clear();
         for p in rows {
+            fault_point("saved");
             self.remove_claimed(&p.run_id);
         }
         // Whatever is left belonged to runs no longer pending (none expected).
@@ -1303,6 +1352,33 @@ fn signal_supervisor(pid: u32, sig: nix::sys::signal::Signal) {
         return;
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Crash tests (debug builds only): `DSARI_FAULT=NAME` makes the daemon kill
+/// itself with SIGKILL when it reaches the point NAME, `DSARI_FAULT=NAME:N` the
+/// N-th time. Points: `claimed` (a trigger file renamed into `.claimed/`, nothing
+/// recorded), `started` (runs in `runs_running`, supervisors not started, claims
+/// not removed), `saved` (pending runs saved, claims not removed), `finishing`
+/// (finished runs about to be moved to `runs`). Release builds ignore it.
+fn fault_point(name: &str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static HITS: AtomicU64 = AtomicU64::new(0);
+        let Ok(spec) = std::env::var("DSARI_FAULT") else {
+            return;
+        };
+        let (point, nth) = match spec.split_once(':') {
+            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+            None => (spec.clone(), 1),
+        };
+        if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= nth {
+            eprintln!("DSARI_FAULT: killing the daemon at {name}");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// A random number below `n` (for picking among free concurrency groups).

@@ -269,6 +269,7 @@ mod tests {
             report_run_output_start: 0,
             report_run_output_end: 0,
             trigger_max_bytes: 1 << 20,
+            idempotency_window: 86400.0,
             concurrency_groups: groups
                 .iter()
                 .map(|(n, m)| {
