@@ -306,3 +306,40 @@ fn sigquit_logs_status_naming_the_running_run() {
     assert_eq!(runs[0].exit_code, 7);
     daemon.assert_alive(&env);
 }
+
+/// systemd `Type=notify`: READY=1 once watching, RELOADING=1 then READY=1 on
+/// SIGHUP, STOPPING=1 on SIGTERM — sent to the datagram socket in NOTIFY_SOCKET.
+#[test]
+fn systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let env = TestEnv::new(config(json!({})));
+    let socket_path = env.data_dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| env.fail(&format!("no notification from the daemon: {e}")));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut daemon =
+        env.start_daemon_with(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    assert_eq!(recv().trim(), "READY=1");
+    // Ready means watching: a trigger written now runs.
+    quick_run(&env, "after-ready");
+
+    daemon.signal(Signal::SIGHUP);
+    let reloading = recv();
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(recv().trim(), "READY=1");
+
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(recv().trim(), "STOPPING=1");
+    assert_eq!(daemon.wait_exit(&env).code(), Some(0));
+}

@@ -203,6 +203,7 @@ impl Daemon {
         self.recover_claimed();
         self.rescan_all();
         self.flush();
+        systemd_notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
     }
 
@@ -1204,6 +1205,16 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(t) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(t);
+        }
+        systemd_notify(&states);
+        self.reload_config();
+        systemd_notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    fn reload_config(&mut self) {
         let loaded = match config::load(&self.opts.config_dir) {
             Ok(l) => l,
             Err(e) => {
@@ -1241,6 +1252,7 @@ impl Daemon {
         } else {
             "SIGTERM"
         };
+        systemd_notify(&[sd_notify::NotifyState::Stopping]);
         let kill_at = self
             .config
             .shutdown_kill_grace
@@ -1352,6 +1364,13 @@ fn signal_supervisor(pid: u32, sig: nix::sys::signal::Signal) {
         return;
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Tell systemd (Type=notify) how the daemon is doing; nothing outside systemd.
+fn systemd_notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!("cannot notify systemd: {e}");
+    }
 }
 
 /// Crash tests (debug builds only): `DSARI_FAULT=NAME` makes the daemon kill
