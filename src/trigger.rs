@@ -133,6 +133,14 @@ fn open_no_follow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Parse a trigger's bytes without a file (for tests and fuzzing); `mtime` is
+/// the default `schedule_time`. The error is the reason a file would be rejected.
+pub fn parse_bytes(bytes: &[u8], format: Format, mtime: f64) -> Result<Trigger, String> {
+    parse(bytes, format, mtime).map_err(|e| match e {
+        Bad::Unparsable(m) | Bad::Invalid(m) => m,
+    })
+}
+
 /// Parse trigger bytes; `mtime` is the default `schedule_time`.
 fn parse(bytes: &[u8], format: Format, mtime: f64) -> Result<Trigger, Bad> {
     let text = std::str::from_utf8(bytes)
