@@ -129,10 +129,25 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let display = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o750,
+            )
+            .create(dir)
+            .map_err(|source| StoreError::Dir {
                 path: display.clone(),
                 source,
             })?;
+        }
+        // A new database file is created readable by the owner and group only;
+        // SQLite gives its -wal and -shm files the same mode.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(path);
         }
         let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
             path: display.clone(),

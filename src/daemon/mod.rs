@@ -123,7 +123,7 @@ struct Daemon {
 
 impl Daemon {
     fn new(config: Config, opts: Options) -> anyhow::Result<Daemon> {
-        std::fs::create_dir_all(trigger_root(&config)).map_err(|e| {
+        make_dirs(&trigger_root(&config), TRIGGER_DIR_MODE).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the trigger directory {}: {e}; check data_dir in the configuration",
                 trigger_root(&config).display()
@@ -527,7 +527,7 @@ impl Daemon {
             debug!("cannot prune old idempotency keys: {e}");
         }
         let root = trigger_root(&self.config);
-        if let Err(e) = std::fs::create_dir_all(&root) {
+        if let Err(e) = make_dirs(&root, TRIGGER_DIR_MODE) {
             error!("cannot create {}: {e}", root.display());
         }
         if !self.root_watched
@@ -583,7 +583,7 @@ impl Daemon {
                 }
             }
             Err(_) => {
-                if let Err(e) = std::fs::create_dir_all(&dir) {
+                if let Err(e) = make_dirs(&dir, TRIGGER_DIR_MODE) {
                     error!("[{job}] cannot create {}: {e}", dir.display());
                     return;
                 }
@@ -1023,7 +1023,7 @@ impl Daemon {
         let dir = run_dir(&self.config, &job.name, &record.run_id);
         let previous = self.previous_runs(&job.name);
         let spec = self.run_spec(&job, &record, &dir, group.as_deref(), &previous);
-        let spawned = std::fs::create_dir_all(&dir)
+        let spawned = make_dirs(&dir, RUN_DIR_MODE)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))
             .and_then(|()| {
                 exec::spawn_supervisor(&self.exe, &dir, &spec, self.spare.take())
@@ -1428,12 +1428,31 @@ const CLAIM_DIR: &str = ".claimed";
 /// Between the run id and the original name in a claimed file's name.
 const CLAIM_SEPARATOR: &str = "--";
 
-/// Create a directory of the daemon's own (not followed if it is a symlink).
+/// Trigger directories: the daemon's user and group may write (CI users join the
+/// group); others may not. The umask can only take more away.
+const TRIGGER_DIR_MODE: u32 = 0o770;
+/// Run directories (and `runs/`, `runs/JOB/`): output may hold secrets, so no
+/// access for other users; the group may read.
+const RUN_DIR_MODE: u32 = 0o750;
+
+/// `create_dir_all` with a mode for every directory it creates.
+fn make_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+}
+
+/// Create a directory of the daemon's own, private (not followed if it is a symlink).
 fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(std::io::Error::other("exists and is not a directory")),
-        Err(_) => std::fs::create_dir(dir),
+        Err(_) => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(dir)
+        }
     }
 }
 

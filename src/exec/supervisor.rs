@@ -263,7 +263,7 @@ fn run(spec: &RunSpec, run_dir: &Path) -> RunStatus {
     let output = OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o644)
+        .mode(0o640)
         .open(run_dir.join(OUTPUT_FILE));
     let output = match output {
         Ok(f) => Some(f),

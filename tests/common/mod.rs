@@ -262,7 +262,19 @@ impl TestEnv {
     /// Like [`start_daemon`](Self::start_daemon), with extra arguments and
     /// extra environment variables for the daemon process.
     pub fn start_daemon_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut daemon = self.spawn_daemon(args, envs);
+        let daemon = self.spawn_daemon(args, envs);
+        self.wait_trigger_dirs(daemon)
+    }
+
+    /// Like [`start_daemon`](Self::start_daemon), with the daemon's umask set
+    /// to `umask` (the test process's own umask is left alone).
+    pub fn start_daemon_with_umask(&self, umask: u32) -> Daemon {
+        let daemon = self.spawn_daemon_inner(&[], &[], Some(umask));
+        self.wait_trigger_dirs(daemon)
+    }
+
+    /// Wait until the daemon has created the trigger dir of every job.
+    fn wait_trigger_dirs(&self, mut daemon: Daemon) -> Daemon {
         for job in self.job_names() {
             let dir = self.trigger_dir(&job);
             let ok = wait_until(Instant::now() + DEADLINE, || {
@@ -281,7 +293,27 @@ impl TestEnv {
 
     /// Start the daemon without waiting for anything.
     pub fn spawn_daemon(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        self.spawn_daemon_inner(args, envs, None)
+    }
+
+    fn spawn_daemon_inner(
+        &self,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        umask: Option<u32>,
+    ) -> Daemon {
         let mut cmd = self.command(&["daemon", "-c"]);
+        if let Some(mask) = umask {
+            use std::os::unix::process::CommandExt;
+            let mode = nix::sys::stat::Mode::from_bits_truncate(mask);
+            // SAFETY: umask(2) is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::stat::umask(mode);
+                    Ok(())
+                });
+            }
+        }
         cmd.arg(&self.config_dir)
             .args(args)
             .env("RUST_BACKTRACE", "1");
