@@ -246,8 +246,9 @@ pub fn supervise(run_dir: &Path) -> i32 {
             return 2;
         }
     };
+    let reserved = reserve_status(run_dir);
     let status = run(&spec, run_dir);
-    match write_status(run_dir, &status) {
+    match write_status(run_dir, reserved, &status) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!(
@@ -454,10 +455,40 @@ fn children_rusage() -> Option<Rusage> {
     })
 }
 
-fn write_status(run_dir: &Path, status: &RunStatus) -> std::io::Result<()> {
-    let text = serde_json::to_vec(status).map_err(std::io::Error::other)?;
+/// Room reserved for the status before the command starts: when the run fills
+/// the disk, its exit status can still be written (JSON allows the trailing spaces).
+const STATUS_RESERVE: usize = 4096;
+
+/// Reserve the status file's blocks (written with spaces) before the run starts.
+fn reserve_status(run_dir: &Path) -> Option<File> {
     let tmp = run_dir.join(format!("{STATUS_FILE}.tmp"));
-    write_private(&tmp, &text)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .ok()?;
+    f.write_all(&[b' '; STATUS_RESERVE]).ok()?;
+    Some(f)
+}
+
+/// Write the status into the reserved file (overwriting, never growing it
+/// unless the status is larger than the reserve), then rename it into place.
+fn write_status(run_dir: &Path, reserved: Option<File>, status: &RunStatus) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut text = serde_json::to_vec(status).map_err(std::io::Error::other)?;
+    let tmp = run_dir.join(format!("{STATUS_FILE}.tmp"));
+    match reserved {
+        Some(mut f) => {
+            if text.len() < STATUS_RESERVE {
+                text.resize(STATUS_RESERVE, b' ');
+            }
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&text)?;
+        }
+        None => write_private(&tmp, &text)?,
+    }
     std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
 }
 
