@@ -770,7 +770,7 @@ fn locked_database_delays_runs_but_loses_none() {
         .expect("take the write lock");
     let since = env.log_len();
     let locked_at = Instant::now();
-    let markers = ["locked-0", "locked-1", "locked-2"];
+    let markers = ["held-0", "held-1", "held-2"];
     for m in markers {
         env.trigger_json(
             "quick",
@@ -831,6 +831,23 @@ fn locked_database_delays_runs_but_loses_none() {
             complaints.len(),
             complaints.join("\n")
         ));
+    }
+
+    // start_time is when the process started (SPEC §3): after the lock went,
+    // not when the daemon began the write that had to wait for it.
+    for m in markers {
+        let run = runs
+            .iter()
+            .find(|r| r.marker() == Some(m))
+            .expect("checked above");
+        if run.start_time < unlocked - 0.1 {
+            env.fail(&format!(
+                "run {m} has start_time {:.3}, {:.3} s before the database lock went at \
+                 {unlocked:.3}; its process cannot have started before its start was recorded",
+                run.start_time,
+                unlocked - run.start_time
+            ));
+        }
     }
 }
 
