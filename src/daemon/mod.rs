@@ -243,7 +243,11 @@ impl Daemon {
                     record.run_id,
                     pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
                 );
-                self.scheduler.adopt(&record.run_id, &record.job_name, None);
+                // The group slot it took is in the environment it was started with.
+                let group = exec::read_spec(&run_dir)
+                    .and_then(|spec| spec.environment.get("CONCURRENCY_GROUP").cloned());
+                self.scheduler
+                    .adopt(&record.run_id, &record.job_name, group);
                 self.wait_for_adopted(record.run_id.clone(), run_dir.clone());
                 let active = ActiveRun {
                     record,

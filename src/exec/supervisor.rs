@@ -177,6 +177,12 @@ pub fn read_spare_run_dir() -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsString::from_vec(line)))
 }
 
+/// Read the spec the daemon left for a run's supervisor, if any.
+pub fn read_spec(run_dir: &Path) -> Option<RunSpec> {
+    let text = std::fs::read(run_dir.join(SPEC_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
 /// Read the status a supervisor left, if any.
 pub fn read_status(run_dir: &Path) -> Option<RunStatus> {
     let text = std::fs::read(run_dir.join(STATUS_FILE)).ok()?;
