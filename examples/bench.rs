@@ -470,7 +470,7 @@ fn database(dsari: &Path, rows: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Ve
         let t = Instant::now();
         let prev = store.previous_runs("job-7").unwrap_or_default();
         store
-            .start_run(&rec)
+            .start_run(&mut rec)
             .unwrap_or_else(|e| die(&e.to_string()));
         start.push(t.elapsed().as_secs_f64() * 1000.0);
         assert!(prev.any.is_some());

@@ -239,10 +239,11 @@ impl Store {
     }
 
     /// Record started runs in `runs_running` and drop their pending rows (plus the
-    /// rows of pending runs they replaced), all in one transaction.
+    /// rows of pending runs they replaced), all in one transaction. Sets each
+    /// run's `start_time` to the moment the transaction got the write lock.
     pub fn start_runs(
         &mut self,
-        runs: &[RunRecord],
+        runs: &mut [RunRecord],
         obsolete: &[String],
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
@@ -250,7 +251,16 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(wrap)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        // The start time is taken once the write lock is held: a run whose start
+        // waited for a busy database starts (and says it started) now, not then.
+        let start_time = crate::time::now();
+        for run in runs.iter_mut() {
+            run.start_time = start_time;
+        }
         {
             let mut delete = tx
                 .prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
@@ -292,8 +302,35 @@ impl Store {
     }
 
     /// Record one started run (see [`Store::start_runs`]).
-    pub fn start_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
-        self.start_runs(std::slice::from_ref(run), &[])
+    pub fn start_run(&mut self, run: &mut RunRecord) -> Result<(), StoreError> {
+        self.start_runs(std::slice::from_mut(run), &[])
+    }
+
+    /// Put a run whose start was recorded but whose command never started back
+    /// to pending (after a crash between the two), in one transaction.
+    pub fn unstart_run(&mut self, run: &PendingRecord) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute("DELETE FROM runs_running WHERE run_id = ?1", [&run.run_id])
+            .map_err(wrap)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
+             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                run.run_id,
+                run.job_name,
+                run.schedule_time,
+                run.trigger_type,
+                run.trigger_data.to_string(),
+                run.run_data.to_string(),
+            ],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
     }
 
     /// Move finished runs from `runs_running` to `runs`, in one transaction.

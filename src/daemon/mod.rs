@@ -257,6 +257,10 @@ impl Daemon {
                 self.running.insert(active.record.run_id.clone(), active);
                 continue;
             }
+            if exec::read_status(&run_dir).is_none() && exec::never_started(&run_dir) {
+                self.requeue(record);
+                continue;
+            }
             match exec::read_status(&run_dir) {
                 Some(status) => {
                     apply_status(&mut record, &run_dir, Some(status));
@@ -281,6 +285,32 @@ impl Daemon {
                 }
             }
             self.unrecorded.push(record);
+        }
+    }
+
+    /// A run recorded as started whose command never started (the daemon stopped
+    /// in between): it goes back to pending and runs now, once.
+    fn requeue(&mut self, record: RunRecord) {
+        let pending = PendingRecord {
+            run_id: record.run_id,
+            job_name: record.job_name,
+            schedule_time: record.schedule_time,
+            trigger_type: record.trigger_type,
+            trigger_data: record.trigger_data,
+            run_data: record.run_data,
+        };
+        match self.store.unstart_run(&pending) {
+            Ok(()) => {
+                info!(
+                    "[{} {}] its start was recorded but it never started: starting it again",
+                    pending.job_name, pending.run_id
+                );
+                self.scheduler.insert(pending, None);
+            }
+            Err(e) => error!(
+                "[{} {}] never started, and cannot be put back to pending: {e}",
+                pending.job_name, pending.run_id
+            ),
         }
     }
 
@@ -717,12 +747,11 @@ impl Daemon {
         if self.config.idempotency_window <= 0.0 {
             return None;
         }
-        let in_memory = self.scheduler.pending().iter().find(|p| {
-            p.job_name == job_name
-                && p.trigger_data
-                    .get("idempotency_key")
-                    .and_then(Value::as_str)
-                    == Some(key)
+        let in_memory = self.scheduler.pending_of(job_name).find(|p| {
+            p.trigger_data
+                .get("idempotency_key")
+                .and_then(Value::as_str)
+                == Some(key)
         });
         if let Some(p) = in_memory {
             return Some(p.run_id.clone());
@@ -947,14 +976,13 @@ impl Daemon {
         if starts.is_empty() {
             return true;
         }
-        let start_time = crate::time::now();
-        let records: Vec<RunRecord> = starts
+        let mut records: Vec<RunRecord> = starts
             .iter()
             .map(|st| RunRecord {
                 job_name: st.run.job_name.clone(),
                 run_id: st.run.run_id.clone(),
                 schedule_time: st.run.schedule_time,
-                start_time,
+                start_time: 0.0, // set when the start is recorded
                 stop_time: None,
                 exit_code: None,
                 trigger_type: st.run.trigger_type.clone(),
@@ -962,7 +990,7 @@ impl Daemon {
                 run_data: st.run.run_data.clone(),
             })
             .collect();
-        if let Err(e) = self.store.start_runs(&records, &self.obsolete) {
+        if let Err(e) = self.store.start_runs(&mut records, &self.obsolete) {
             self.database_failed(&format!(
                 "cannot record the start of {} runs, will retry: {e}",
                 records.len()
@@ -987,10 +1015,9 @@ impl Daemon {
             return true;
         }
         let rows: Vec<PendingRecord> = self
-            .scheduler
-            .pending()
-            .iter()
-            .filter(|p| self.unsaved.contains_key(&p.run_id))
+            .unsaved
+            .keys()
+            .filter_map(|id| self.scheduler.get(id))
             .cloned()
             .collect();
         if let Err(e) = self.store.save_pending(&rows, &self.obsolete) {
@@ -1284,7 +1311,7 @@ impl Daemon {
         info!(
             "status: {} running, {} pending",
             self.running.len(),
-            self.scheduler.pending().len()
+            self.scheduler.pending_count()
         );
         for (id, run) in &self.running {
             info!(

@@ -2,11 +2,16 @@
 //!
 //! It holds pending runs, running runs and concurrency-group slots, and nothing
 //! else: no clock (callers pass `now`), no threads, no files, no database, no
-//! randomness of its own (callers pass `pick`). Every rule of SPEC §4.3 and §7
-//! lives here and is unit-tested without I/O; the daemon's event loop persists
-//! and carries out what it decides.
+//! randomness of its own (callers pass `pick`). Every rule of SPEC §4.3, §5.4
+//! and §7 lives here and is unit-tested without I/O; the daemon's event loop
+//! persists and carries out what it decides.
+//!
+//! Pending runs are kept in a queue ordered by due time, so a wake-up looks only
+//! at what is due (not at every job), and the counts of running runs per job and
+//! per group are kept, so a start is decided in constant time.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -26,12 +31,33 @@ struct Running {
     group: Option<String>,
 }
 
+/// A due time with a total order (for the queue).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Due(f64);
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// A run the scheduler has decided to start now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Start {
     pub run: PendingRecord,
     /// The concurrency group whose slot it takes.
     pub group: Option<String>,
+    /// The job's schedule continues from this run's start (SPEC §5.4): the run
+    /// was the scheduled one, or a trigger that replaced it.
+    pub respawn: bool,
 }
 
 /// Pending runs, running runs and group slots.
@@ -39,8 +65,19 @@ pub struct Start {
 pub struct Scheduler {
     jobs: HashMap<String, JobRules>,
     group_max: HashMap<String, u32>,
-    pending: Vec<PendingRecord>,
+    pending: HashMap<String, PendingRecord>,
+    /// Pending run ids by due time, then arrival (run ids are unique).
+    queue: BTreeSet<(Due, u64, String)>,
+    /// Arrival number of each pending run (its key in `queue`).
+    arrival: HashMap<String, u64>,
+    next_arrival: u64,
+    /// Pending run ids per job, in arrival order.
+    by_job: HashMap<String, Vec<String>>,
+    /// Pending runs after whose start the job's schedule continues.
+    respawn: HashSet<String>,
     running: HashMap<String, Running>,
+    running_per_job: HashMap<String, usize>,
+    running_per_group: HashMap<String, usize>,
 }
 
 impl Scheduler {
@@ -84,7 +121,8 @@ impl Scheduler {
         {
             return None;
         }
-        let old = self.pending.iter().find(|p| p.job_name == run.job_name)?;
+        let old_id = self.by_job.get(&run.job_name)?.first()?;
+        let old = self.pending.get(old_id)?;
         let mut coalesced: Vec<Value> = old
             .run_data
             .get("coalesced_triggers")
@@ -103,33 +141,91 @@ impl Scheduler {
         Some(old.run_id.clone())
     }
 
-    /// Add a pending run, removing the one it replaces (from [`Scheduler::coalesce`]).
+    /// Add a pending run, removing the one it replaces (from [`Scheduler::coalesce`]);
+    /// a run that replaces the scheduled run takes over its place in the schedule.
     pub fn insert(&mut self, run: PendingRecord, replaces: Option<&str>) {
-        if let Some(old) = replaces {
-            self.pending.retain(|p| p.run_id != old);
+        if let Some(old) = replaces
+            && self.remove(old).is_some_and(|(_, respawn)| respawn)
+        {
+            self.respawn.insert(run.run_id.clone());
         }
-        self.pending.push(run);
+        self.add(run);
+    }
+
+    /// Set a job's next scheduled run (or none), replacing its current one.
+    /// Returns the run id it replaced, if any.
+    pub fn schedule(&mut self, job_name: &str, next: Option<PendingRecord>) -> Option<String> {
+        let current = self
+            .by_job
+            .get(job_name)
+            .and_then(|ids| ids.iter().find(|id| self.respawn.contains(*id)))
+            .cloned();
+        if let Some(id) = &current {
+            self.remove(id);
+        }
+        if let Some(run) = next {
+            self.respawn.insert(run.run_id.clone());
+            self.add(run);
+        }
+        current
+    }
+
+    fn add(&mut self, run: PendingRecord) {
+        let n = self.next_arrival;
+        self.next_arrival += 1;
+        self.queue
+            .insert((Due(run.schedule_time), n, run.run_id.clone()));
+        self.arrival.insert(run.run_id.clone(), n);
+        self.by_job
+            .entry(run.job_name.clone())
+            .or_default()
+            .push(run.run_id.clone());
+        self.pending.insert(run.run_id.clone(), run);
+    }
+
+    /// Take a pending run out; returns it and whether it carried the schedule.
+    fn remove(&mut self, run_id: &str) -> Option<(PendingRecord, bool)> {
+        let run = self.pending.remove(run_id)?;
+        if let Some(n) = self.arrival.remove(run_id) {
+            self.queue
+                .remove(&(Due(run.schedule_time), n, run_id.to_string()));
+        }
+        if let Some(ids) = self.by_job.get_mut(&run.job_name) {
+            ids.retain(|id| id != run_id);
+            if ids.is_empty() {
+                self.by_job.remove(&run.job_name);
+            }
+        }
+        let respawn = self.respawn.remove(run_id);
+        Some((run, respawn))
     }
 
     /// Runs that start now: due (`schedule_time <= now`), job configured, job not
     /// busy (unless `concurrent_runs`), and a free slot in one of its groups
     /// (picked with `pick(n)` among the `n` free ones). Oldest `schedule_time` first.
     pub fn due(&mut self, now: f64, pick: &mut dyn FnMut(usize) -> usize) -> Vec<Start> {
-        let mut order: Vec<usize> = (0..self.pending.len())
-            .filter(|&i| self.pending[i].schedule_time <= now)
+        let candidates: Vec<String> = self
+            .queue
+            .iter()
+            .take_while(|(t, _, _)| t.0 <= now)
+            .map(|(_, _, id)| id.clone())
             .collect();
-        order.sort_by(|&a, &b| {
-            self.pending[a]
-                .schedule_time
-                .total_cmp(&self.pending[b].schedule_time)
-        });
-        let mut started = Vec::new();
-        for i in order {
-            let run = &self.pending[i];
+        let mut starts = Vec::new();
+        for id in candidates {
+            let Some(run) = self.pending.get(&id) else {
+                continue;
+            };
             let Some(rules) = self.jobs.get(&run.job_name) else {
                 continue;
             };
-            if !rules.concurrent_runs && self.job_running(&run.job_name) {
+            if !rules.concurrent_runs
+                && self
+                    .running_per_job
+                    .get(&run.job_name)
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+            {
                 continue;
             }
             let group = if rules.groups.is_empty() {
@@ -142,68 +238,109 @@ impl Scheduler {
                 }
                 Some(free[pick(free.len()).min(free.len() - 1)].clone())
             };
-            self.running.insert(
-                run.run_id.clone(),
-                Running {
-                    job_name: run.job_name.clone(),
-                    group: group.clone(),
-                },
-            );
-            started.push(i);
+            let Some((run, respawn)) = self.remove(&id) else {
+                continue;
+            };
+            self.add_running(&run.run_id, &run.job_name, group.clone());
+            starts.push(Start {
+                run,
+                group,
+                respawn,
+            });
         }
-        let mut starts = Vec::new();
-        started.sort_unstable();
-        for i in started.into_iter().rev() {
-            let run = self.pending.remove(i);
-            let group = self.running.get(&run.run_id).and_then(|r| r.group.clone());
-            starts.push(Start { run, group });
-        }
-        starts.sort_by(|a, b| a.run.schedule_time.total_cmp(&b.run.schedule_time));
         starts
     }
 
     /// Put a run that could not be started back (e.g. the database was busy).
     pub fn unstart(&mut self, start: Start) {
-        self.running.remove(&start.run.run_id);
-        self.pending.push(start.run);
+        self.finished(&start.run.run_id);
+        if start.respawn {
+            self.respawn.insert(start.run.run_id.clone());
+        }
+        self.add(start.run);
     }
 
     /// Count a run that is already going (adopted after a restart).
     pub fn adopt(&mut self, run_id: &str, job_name: &str, group: Option<String>) {
-        self.running.insert(
-            run_id.to_string(),
-            Running {
-                job_name: job_name.to_string(),
-                group,
-            },
-        );
+        self.add_running(run_id, job_name, group);
+    }
+
+    fn add_running(&mut self, run_id: &str, job_name: &str, group: Option<String>) {
+        *self
+            .running_per_job
+            .entry(job_name.to_string())
+            .or_default() += 1;
+        if let Some(g) = &group {
+            *self.running_per_group.entry(g.clone()).or_default() += 1;
+        }
+        let running = Running {
+            job_name: job_name.to_string(),
+            group,
+        };
+        self.running.insert(run_id.to_string(), running);
     }
 
     /// A run ended: free its job and its group slot.
     pub fn finished(&mut self, run_id: &str) {
-        self.running.remove(run_id);
+        let Some(r) = self.running.remove(run_id) else {
+            return;
+        };
+        decrement(&mut self.running_per_job, &r.job_name);
+        if let Some(g) = &r.group {
+            decrement(&mut self.running_per_group, g);
+        }
     }
 
     /// The earliest future due time of a pending run (runs that are due but held
     /// by a busy job or a full group need no wake-up: a run's end releases them).
     pub fn next_due(&self, now: f64) -> Option<f64> {
-        self.pending
-            .iter()
-            .map(|p| p.schedule_time)
-            .filter(|&t| t > now)
-            .min_by(f64::total_cmp)
+        self.queue
+            .range((Due(now), u64::MAX, String::new())..)
+            .map(|(t, _, _)| t.0)
+            .find(|&t| t > now)
     }
 
-    /// Is any configured job's pending run due now and startable?
+    /// Is any configured job's pending run due now?
     pub fn has_due(&self, now: f64) -> bool {
-        self.pending
+        self.queue
             .iter()
-            .any(|p| p.schedule_time <= now && self.jobs.contains_key(&p.job_name))
+            .take_while(|(t, _, _)| t.0 <= now)
+            .any(|(_, _, id)| {
+                self.pending
+                    .get(id)
+                    .is_some_and(|p| self.jobs.contains_key(&p.job_name))
+            })
     }
 
-    /// Pending runs, in no particular order.
-    pub fn pending(&self) -> &[PendingRecord] {
-        &self.pending
+    /// A pending run by id.
+    pub fn get(&self, run_id: &str) -> Option<&PendingRecord> {
+        self.pending.get(run_id)
+    }
+
+    /// Every pending run, oldest due first.
+    pub fn pending(&self) -> impl Iterator<Item = &PendingRecord> {
+        self.queue
+            .iter()
+            .filter_map(|(_, _, id)| self.pending.get(id))
+    }
+
+    /// A job's pending runs, in arrival order.
+    pub fn pending_of(&self, job_name: &str) -> impl Iterator<Item = &PendingRecord> {
+        self.by_job
+            .get(job_name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.pending.get(id))
+    }
+
+    /// Number of pending runs.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Does this pending run carry the job's schedule?
+    pub fn is_scheduled(&self, run_id: &str) -> bool {
+        self.respawn.contains(run_id)
     }
 
     /// Number of running runs.
@@ -216,18 +353,18 @@ impl Scheduler {
         self.running.get(run_id).and_then(|r| r.group.as_deref())
     }
 
-    fn job_running(&self, job: &str) -> bool {
-        self.running.values().any(|r| r.job_name == job)
-    }
-
     fn group_free(&self, group: &str) -> bool {
         let max = self.group_max.get(group).copied().unwrap_or(1);
-        let used = self
-            .running
-            .values()
-            .filter(|r| r.group.as_deref() == Some(group))
-            .count();
-        used < max as usize
+        self.running_per_group.get(group).copied().unwrap_or(0) < max as usize
+    }
+}
+
+fn decrement(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -313,7 +450,7 @@ mod tests {
         add(&mut s, pending("1", "a", 1.0, 1));
         add(&mut s, pending("2", "a", 2.0, 2));
         add(&mut s, pending("3", "a", 3.0, 3));
-        assert_eq!(s.pending().len(), 1);
+        assert_eq!(s.pending_count(), 1);
         let starts = s.due(10.0, &mut |_| 0);
         assert_eq!(ids(&starts), ["3"]);
         assert_eq!(
@@ -393,6 +530,101 @@ mod tests {
         add(&mut s, pending("1", "a", 1.0, 1));
         s.configure(&config(vec![], &[]));
         assert!(s.due(10.0, &mut |_| 0).is_empty());
-        assert_eq!(s.pending().len(), 1, "its pending run is kept, not dropped");
+        assert_eq!(s.pending_count(), 1, "its pending run is kept, not dropped");
+    }
+
+    fn scheduled(id: &str, job: &str, t: f64) -> PendingRecord {
+        PendingRecord {
+            run_id: id.into(),
+            job_name: job.into(),
+            schedule_time: t,
+            trigger_type: "schedule".into(),
+            trigger_data: json!({}),
+            run_data: json!({}),
+        }
+    }
+
+    #[test]
+    fn a_trigger_replaces_the_scheduled_run_and_carries_the_schedule_on() {
+        let mut s = Scheduler::new(&config(vec![job("a", false, &[])], &[]));
+        s.schedule("a", Some(scheduled("s1", "a", 100.0)));
+        add(&mut s, pending("t1", "a", 5.0, 1));
+        assert_eq!(
+            s.pending_count(),
+            1,
+            "the trigger replaced the scheduled run"
+        );
+        let starts = s.due(10.0, &mut |_| 0);
+        assert_eq!(ids(&starts), ["t1"]);
+        assert!(
+            starts[0].respawn,
+            "the schedule resumes after the triggered run"
+        );
+        assert!(
+            starts[0].run.run_data.get("coalesced_triggers").is_none(),
+            "a replaced scheduled run is not a trigger to remember"
+        );
+    }
+
+    #[test]
+    fn concurrent_jobs_keep_their_scheduled_run_beside_triggers() {
+        let mut s = Scheduler::new(&config(vec![job("a", true, &[])], &[]));
+        s.schedule("a", Some(scheduled("s1", "a", 8.0)));
+        add(&mut s, pending("t1", "a", 5.0, 1));
+        let starts = s.due(10.0, &mut |_| 0);
+        assert_eq!(ids(&starts), ["t1", "s1"]);
+        assert_eq!(
+            starts.iter().map(|st| st.respawn).collect::<Vec<_>>(),
+            [false, true]
+        );
+    }
+
+    #[test]
+    fn setting_the_schedule_replaces_only_the_scheduled_run() {
+        let mut s = Scheduler::new(&config(vec![job("a", true, &[])], &[]));
+        add(&mut s, pending("t1", "a", 50.0, 1));
+        assert_eq!(s.schedule("a", Some(scheduled("s1", "a", 100.0))), None);
+        assert_eq!(
+            s.schedule("a", Some(scheduled("s2", "a", 200.0)))
+                .as_deref(),
+            Some("s1")
+        );
+        assert_eq!(s.next_due(0.0), Some(50.0));
+        assert_eq!(
+            s.pending().map(|p| p.run_id.as_str()).collect::<Vec<_>>(),
+            ["t1", "s2"]
+        );
+        assert!(s.is_scheduled("s2") && !s.is_scheduled("t1"));
+    }
+
+    #[test]
+    fn next_due_skips_due_but_held_runs() {
+        let mut s = Scheduler::new(&config(
+            vec![job("a", false, &[]), job("b", false, &[])],
+            &[],
+        ));
+        add(&mut s, pending("a1", "a", 1.0, 1));
+        assert_eq!(ids(&s.due(1.0, &mut |_| 0)), ["a1"]);
+        add(&mut s, pending("a2", "a", 2.0, 2));
+        add(&mut s, pending("b1", "b", 30.0, 3));
+        assert_eq!(s.next_due(10.0), Some(30.0));
+        assert!(s.has_due(10.0));
+    }
+
+    #[test]
+    fn unstart_puts_the_run_back_with_its_schedule() {
+        let mut s = Scheduler::new(&config(vec![job("a", false, &["g"])], &[("g", 1)]));
+        s.schedule("a", Some(scheduled("s1", "a", 1.0)));
+        let starts = s.due(1.0, &mut |_| 0);
+        assert_eq!(s.running_count(), 1);
+        s.unstart(starts.into_iter().next().unwrap());
+        assert_eq!(
+            s.running_count(),
+            0,
+            "its job and group slot are free again"
+        );
+        let again = s.due(1.0, &mut |_| 0);
+        assert_eq!(ids(&again), ["s1"]);
+        assert!(again[0].respawn);
     }
 }

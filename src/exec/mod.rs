@@ -11,8 +11,9 @@ pub mod supervisor;
 
 pub use environment::{RunContext, build_environment};
 pub use supervisor::{
-    RunSpec, RunStatus, Rusage, SPARE_ARG, SUPERVISE_ARG, Spare, SupervisorState, probe_supervisor,
-    read_spare_run_dir, read_spec, read_status, spawn_supervisor, supervise, wait_for_supervisor,
+    RunSpec, RunStatus, Rusage, SPARE_ARG, SUPERVISE_ARG, Spare, SupervisorState, never_started,
+    probe_supervisor, read_spare_run_dir, read_spec, read_status, spawn_supervisor, supervise,
+    wait_for_supervisor,
 };
 
 /// Name of the run spec in the run dir (a dot-file: the job's own files stay visible).

@@ -214,6 +214,28 @@ pub fn probe_supervisor(run_dir: &Path) -> SupervisorState {
     }
 }
 
+/// Did this run's supervisor never start? True when it has no lock file: no
+/// spec (never handed to a supervisor), or a spec but still no lock a second
+/// later (a supervisor handed the run just before a crash takes its lock
+/// within milliseconds). Then the command never ran and may run again.
+pub fn never_started(run_dir: &Path) -> bool {
+    let lock = run_dir.join(LOCK_FILE);
+    if lock.exists() {
+        return false;
+    }
+    if !run_dir.join(SPEC_FILE).exists() {
+        return true;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        if lock.exists() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Block until the supervisor of this run dir has exited (its lock is released).
 pub fn wait_for_supervisor(run_dir: &Path) {
     if let Ok(file) = File::open(run_dir.join(LOCK_FILE)) {
