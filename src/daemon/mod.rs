@@ -465,13 +465,14 @@ impl Daemon {
                     self.directory_gone(wd, &target);
                     return;
                 }
-                let Some(name) = name.and_then(|n| n.into_string().ok()) else {
+                let Some(name) = name else {
                     return;
                 };
                 match target {
                     WatchTarget::Root => {
+                        // Job names are UTF-8: a directory whose name is not names no job.
                         if mask.contains(EventMask::ISDIR) {
-                            self.job_dir_appeared(&name);
+                            self.job_dir_appeared(&name.to_string_lossy());
                         }
                     }
                     WatchTarget::Job(job) => self.file_event(&job, &name, mask),
@@ -480,8 +481,10 @@ impl Daemon {
         }
     }
 
-    fn file_event(&mut self, job: &str, name: &str, mask: EventMask) {
-        if !trigger::is_trigger_name(name) {
+    /// A file event in a job's trigger dir. The name may not be UTF-8: it is
+    /// judged by its lossy text but the file is opened by its real name.
+    fn file_event(&mut self, job: &str, name: &std::ffi::OsStr, mask: EventMask) {
+        if !trigger::is_trigger_name(&name.to_string_lossy()) {
             return;
         }
         let path = job_trigger_dir(&self.config, job).join(name);
@@ -771,7 +774,13 @@ impl Daemon {
     fn recover_claimed(&mut self) {
         let jobs: Vec<String> = self.config.jobs.keys().cloned().collect();
         for job in jobs {
-            let dir = job_trigger_dir(&self.config, &job).join(CLAIM_DIR);
+            // Never through a symlink: a trigger dir or claim dir that is one is not ours.
+            let job_dir = job_trigger_dir(&self.config, &job);
+            let dir = job_dir.join(CLAIM_DIR);
+            let real_dir = |d: &Path| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir());
+            if !real_dir(&job_dir) || !real_dir(&dir) {
+                continue;
+            }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };

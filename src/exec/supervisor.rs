@@ -245,17 +245,24 @@ pub fn wait_for_supervisor(run_dir: &Path) {
 
 /// Take the run dir's lock for the supervisor's lifetime (the fd is close-on-exec,
 /// so the command does not inherit it).
+///
+/// The lock file appears under its name only once it is locked (it is locked
+/// under a temporary name, then renamed): a daemon that finds `.dsari-lock`
+/// unlocked knows the supervisor has ended, never that it is about to lock.
 fn hold_lock(run_dir: &Path) -> Option<nix::fcntl::Flock<File>> {
+    let tmp = run_dir.join(format!("{LOCK_FILE}.{}", std::process::id()));
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(run_dir.join(LOCK_FILE))
+        .open(&tmp)
         .ok()?;
     let _ = write!(file, "{}", std::process::id());
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()?;
+    std::fs::rename(&tmp, run_dir.join(LOCK_FILE)).ok()?;
+    Some(lock)
 }
 
 /// The supervisor's main: returns the supervisor's own exit code (0 once a status is written).
