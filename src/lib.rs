@@ -12,6 +12,7 @@
 //! [`daemon::scheduler`], [`exec`] builds run environments and supervises runs,
 //! and [`store`] is the database.
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod document;

@@ -526,6 +526,288 @@ impl Store {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
+
+    // ----- read-only queries for the command line (`dsari run …`, `job …`, `trigger --wait`)
+
+    /// Whether the database has a table of this name (a database the Python
+    /// dsari made has no `dsari_pending` until this daemon first opens it).
+    pub fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([name], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Finished runs, newest stop first: of the given jobs (all when empty) and
+    /// with a run id starting with one of `run_prefixes` (all when empty).
+    /// With one job and a limit this walks the `(job_name, stop_time)` index
+    /// backwards and reads only the rows it returns.
+    pub fn finished_runs(
+        &self,
+        jobs: &[String],
+        run_prefixes: &[String],
+        limit: Option<u64>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        if let (true, true, Some(n)) = (jobs.is_empty(), run_prefixes.is_empty(), limit)
+            && n <= NEWEST_BY_JOB_MAX
+            && self.has_index("dsari_runs_job_stop")?
+        {
+            return self.newest_by_job(n);
+        }
+        let (filter, args) = run_filter(jobs, run_prefixes);
+        let mut sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs{filter} ORDER BY stop_time DESC, rowid DESC");
+        if let Some(n) = limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        self.query_runs(&sql, &args)
+    }
+
+    /// Running runs (no stop time or exit code), newest start first, filtered
+    /// like [`Store::finished_runs`].
+    pub fn running_runs_matching(
+        &self,
+        jobs: &[String],
+        run_prefixes: &[String],
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let (filter, args) = run_filter(jobs, run_prefixes);
+        let sql = format!(
+            "SELECT job_name, run_id, schedule_time, start_time, NULL, NULL, trigger_type, \
+             trigger_data, run_data FROM runs_running{filter} ORDER BY start_time DESC, rowid DESC"
+        );
+        self.query_runs(&sql, &args)
+    }
+
+    /// Up to `limit` runs (finished, running, or pending when that table exists)
+    /// whose id starts with `prefix`: to resolve a run id the user shortened.
+    pub fn runs_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(RunState, RunRecord)>, StoreError> {
+        let prefix = [prefix.to_string()];
+        let mut found: Vec<(RunState, RunRecord)> = self
+            .running_runs_matching(&[], &prefix)?
+            .into_iter()
+            .map(|r| (RunState::Running, r))
+            .collect();
+        let rest = limit.saturating_sub(found.len()) as u64;
+        found.extend(
+            self.finished_runs(&[], &prefix, Some(rest))?
+                .into_iter()
+                .map(|r| (RunState::Finished, r)),
+        );
+        if found.len() < limit && self.has_table("dsari_pending")? {
+            let (filter, args) = run_filter(&[], &prefix);
+            let sql = format!(
+                "SELECT job_name, run_id, schedule_time, NULL, NULL, NULL, trigger_type, \
+                 trigger_data, run_data FROM dsari_pending{filter} ORDER BY schedule_time"
+            );
+            found.extend(
+                self.query_runs(&sql, &args)?
+                    .into_iter()
+                    .map(|r| (RunState::Pending, r)),
+            );
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// The latest finished run of a job (by stop time), if any.
+    pub fn last_run(&self, job_name: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.one_run(
+            "WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1",
+            job_name,
+        )
+    }
+
+    /// Everything about one job that `dsari trigger --wait` and `dsari job why`
+    /// look at, read in one transaction (so a run moving from `runs_running` to
+    /// `runs` is seen in exactly one of them): its finished runs that stopped at
+    /// or after `finished_since`, its running runs and its pending runs.
+    pub fn job_activity(
+        &self,
+        job_name: &str,
+        finished_since: f64,
+    ) -> Result<JobActivity, StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let finished = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE job_name = ?1 AND stop_time >= ?2 \
+                     ORDER BY stop_time DESC"
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![job_name, finished_since], row_to_run)
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        let running = self.running_runs_matching(&[job_name.to_string()], &[])?;
+        let pending = if self.has_table("dsari_pending")? {
+            self.pending_runs()?
+                .into_iter()
+                .filter(|p| p.job_name == job_name)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(JobActivity {
+            finished,
+            running,
+            pending,
+        })
+    }
+
+    /// The newest `limit` finished runs of all jobs without sorting the table:
+    /// `runs` has no index on `stop_time` alone (and this project adds none to
+    /// a table other tools share), but `(job_name, stop_time)` gives each job's
+    /// newest runs at once. So: walk the distinct job names through the index
+    /// (one seek each), take each job's newest `limit` (stop time, rowid) from
+    /// the index only, keep the overall newest `limit`, and read just those rows.
+    fn newest_by_job(&self, limit: u64) -> Result<Vec<RunRecord>, StoreError> {
+        let jobs: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "WITH RECURSIVE j(name) AS ( \
+                       SELECT (SELECT min(job_name) FROM runs) \
+                       UNION ALL \
+                       SELECT (SELECT min(job_name) FROM runs WHERE job_name > j.name) \
+                       FROM j WHERE j.name IS NOT NULL) \
+                     SELECT name FROM j WHERE name IS NOT NULL",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut newest: Vec<(f64, i64)> = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT stop_time, rowid FROM runs WHERE job_name = ?1 \
+                     ORDER BY stop_time DESC, rowid DESC LIMIT ?2",
+                )
+                .map_err(|e| self.err(e))?;
+            for job in &jobs {
+                let rows = stmt
+                    .query_map(params![job, limit as i64], |r| {
+                        Ok((
+                            r.get::<_, Option<f64>>(0)?.unwrap_or(f64::NEG_INFINITY),
+                            r.get(1)?,
+                        ))
+                    })
+                    .map_err(|e| self.err(e))?;
+                for row in rows {
+                    newest.push(row.map_err(|e| self.err(e))?);
+                }
+            }
+        }
+        newest.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        newest.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE rowid = ?1"))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(newest.len());
+        for (_, rowid) in newest {
+            if let Some(run) = stmt
+                .query_row([rowid], row_to_run)
+                .optional()
+                .map_err(|e| self.err(e))?
+            {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the database has an index of this name.
+    fn has_index(&self, name: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([name], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn query_runs(&self, sql: &str, args: &[String]) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), row_to_run)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// Above this `--limit`, "newest runs of all jobs" sorts the table instead of
+/// merging every job's newest (which reads up to jobs × limit index entries).
+const NEWEST_BY_JOB_MAX: u64 = 1000;
+
+/// Where a run is: the table it was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// In `dsari_pending`: due or waiting, not started.
+    Pending,
+    /// In `runs_running`.
+    Running,
+    /// In `runs`.
+    Finished,
+}
+
+/// One job's rows, read together (see [`Store::job_activity`]).
+#[derive(Debug, Clone, Default)]
+pub struct JobActivity {
+    /// Finished runs since the time asked for, newest first.
+    pub finished: Vec<RunRecord>,
+    /// Running runs, newest first.
+    pub running: Vec<RunRecord>,
+    /// Pending runs, oldest due first.
+    pub pending: Vec<PendingRecord>,
+}
+
+/// ` WHERE …` for a job list and run id prefixes, with its parameters. A prefix
+/// is a range on `run_id` (index-friendly) plus an exact `substr` check; run ids
+/// are lower-case hexadecimal and hyphens, all sorting below `~`.
+fn run_filter(jobs: &[String], run_prefixes: &[String]) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    match jobs {
+        [] => {}
+        [job] => {
+            clauses.push("job_name = ?".to_string());
+            args.push(job.clone());
+        }
+        _ => {
+            clauses.push(format!(
+                "job_name IN ({})",
+                vec!["?"; jobs.len()].join(", ")
+            ));
+            args.extend(jobs.iter().cloned());
+        }
+    }
+    if !run_prefixes.is_empty() {
+        let one = "(run_id >= ? AND run_id < ? AND substr(run_id, 1, length(?)) = ?)";
+        clauses.push(format!("({})", vec![one; run_prefixes.len()].join(" OR ")));
+        for p in run_prefixes {
+            args.extend([p.clone(), format!("{p}~"), p.clone(), p.clone()]);
+        }
+    }
+    if clauses.is_empty() {
+        (String::new(), args)
+    } else {
+        (format!(" WHERE {}", clauses.join(" AND ")), args)
+    }
 }
 
 fn row_to_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {

@@ -874,7 +874,7 @@ impl Daemon {
     }
 
     fn reject(&mut self, job_name: &str, claimed: &Path, name: &str, reason: &str) {
-        let dir = job_trigger_dir(&self.config, job_name).join(".rejected");
+        let dir = job_trigger_dir(&self.config, job_name).join(REJECTED_DIR);
         if let Err(e) = ensure_private_dir(&dir) {
             error!(
                 "[{job_name}] trigger {name} rejected ({reason}) but cannot create {}: {e}; it stays in {}",
@@ -1463,14 +1463,16 @@ pub fn run_dir(config: &Config, job: &str, run_id: &str) -> PathBuf {
     config.data_dir.join("runs").join(job).join(run_id)
 }
 
+/// Where rejected trigger files go, each with a sibling `NAME.error`.
+pub const REJECTED_DIR: &str = ".rejected";
 /// Where claimed trigger files wait until their run is recorded (per job dir).
-const CLAIM_DIR: &str = ".claimed";
+pub const CLAIM_DIR: &str = ".claimed";
 /// Between the run id and the original name in a claimed file's name.
-const CLAIM_SEPARATOR: &str = "--";
+pub const CLAIM_SEPARATOR: &str = "--";
 
 /// Trigger directories: the daemon's user and group may write (CI users join the
 /// group); others may not. The umask can only take more away.
-const TRIGGER_DIR_MODE: u32 = 0o770;
+pub const TRIGGER_DIR_MODE: u32 = 0o770;
 /// Run directories (and `runs/`, `runs/JOB/`): output may hold secrets, so no
 /// access for other users; the group may read.
 const RUN_DIR_MODE: u32 = 0o750;
