@@ -130,6 +130,8 @@ fn main() {
     );
     add("  run finish (move to runs)", "ms", db.1);
     add("  dsari run list --job X --limit 20", "ms", db.2);
+    add("  metrics: first collection", "ms", db.3);
+    add("  metrics: served from cache", "ms", db.4);
 
     if let Some(path) = opts.json_out {
         let rows: Vec<Value> = results
@@ -448,7 +450,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// A `runs` table of `rows` rows over 1,000 jobs: time to start a run (previous-run
 /// lookups + insert), to finish one (the move), and `dsari run list --job X --limit 20`.
-fn database(dsari: &Path, rows: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+type DbFigures = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn database(dsari: &Path, rows: usize, rounds: usize) -> DbFigures {
     let env = Env::new(json!({"jobs": {"job-7": {"command": ["/bin/true"]}}}));
     let db_path = env.data.join("dsari.sqlite3");
     fs::create_dir_all(&env.data).unwrap_or_else(|e| die(&e.to_string()));
@@ -495,7 +499,27 @@ fn database(dsari: &Path, rows: usize, rounds: usize) -> (Vec<f64>, Vec<f64>, Ve
             ));
         }
     }
-    (start, finish, list)
+    // Prometheus metrics over the same table: the first collection reads every
+    // row; later scrapes within job_cache_time come from the cache.
+    let config = dsari::config::load(&env.etc)
+        .unwrap_or_else(|e| die(&e.to_string()))
+        .config;
+    let opts = dsari::report::MetricsOptions::default();
+    let (mut first, mut cached) = (vec![], vec![]);
+    for _ in 0..rounds.min(2) {
+        let mut cache = dsari::report::MetricsCache::new();
+        let t = Instant::now();
+        dsari::report::metrics_text(&config, &opts, &mut cache)
+            .unwrap_or_else(|e| die(&e.to_string()));
+        first.push(t.elapsed().as_secs_f64() * 1000.0);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            dsari::report::metrics_text(&config, &opts, &mut cache)
+                .unwrap_or_else(|e| die(&e.to_string()));
+            cached.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    (start, finish, list, first, cached)
 }
 
 fn fill(db_path: &Path, rows: usize) {

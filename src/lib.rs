@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod document;
 pub mod exec;
+pub mod report;
 pub mod store;
 pub mod time;
 pub mod trigger;

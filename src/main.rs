@@ -110,16 +110,15 @@ enum Command {
         #[command(subcommand)]
         action: RunAction,
     },
-    /// Write the HTML reports (not yet available in this version)
+    /// Write the HTML reports into DATA_DIR/html (only pages whose data changed)
     Render(RenderArgs),
-    /// Serve or print Prometheus metrics (not yet available in this version)
+    /// Serve Prometheus metrics on /metrics (127.0.0.1:50575), or print them once
     Metrics {
-        /// Address to listen on
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50575")]
+        /// Address to listen on (not every interface unless you say so)
+        #[arg(long, value_name = "ADDR", default_value = dsari::report::DEFAULT_LISTEN)]
         listen: String,
-        /// Print the metrics once and exit
-        #[arg(long)]
-        dump: bool,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
@@ -179,15 +178,21 @@ struct ExporterArgs {
     /// Log debug detail
     #[arg(long)]
     debug: bool,
-    /// Path to serve metrics from
-    #[arg(long, default_value = "/metrics")]
-    metrics_path: String,
-    /// Address to listen on
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on (127.0.0.1 by default, not every interface)
+    #[arg(long, default_value = "127.0.0.1")]
     listen_address: String,
     /// Port to listen on
     #[arg(long, default_value_t = 50575)]
     listen_port: u16,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+#[derive(Args)]
+struct MetricsArgs {
+    /// Path to serve metrics from
+    #[arg(long, default_value = "/metrics")]
+    metrics_path: String,
     /// Seconds to cache metrics of finished runs
     #[arg(long, default_value_t = 120.0)]
     job_cache_time: f64,
@@ -369,9 +374,23 @@ fn run(applet: Applet) -> anyhow::Result<u8> {
                 "dsari-info shell (the Python dsari's interactive Python shell) is not available here: use `dsari run list --format json` or sqlite3 on the database"
             ),
         },
-        Applet::DsariRender { .. } => not_yet("dsari-render (HTML reports)"),
-        Applet::DsariPrometheusExporter { .. } => {
-            not_yet("dsari-prometheus-exporter (Prometheus metrics)")
+        Applet::DsariRender { dir, render, debug } => {
+            if debug {
+                init_logging(true);
+            }
+            render_cmd(&dir, &render)
+        }
+        Applet::DsariPrometheusExporter { dir, exporter } => {
+            if exporter.debug {
+                init_logging(true);
+            }
+            let host = &exporter.listen_address;
+            let listen = if host.contains(':') {
+                format!("[{host}]:{}", exporter.listen_port)
+            } else {
+                format!("{host}:{}", exporter.listen_port)
+            };
+            metrics_cmd(&dir, &listen, &exporter.metrics)
         }
     }
 }
@@ -394,8 +413,8 @@ fn run_dsari(d: Dsari) -> anyhow::Result<u8> {
         Command::Config { action } => config_cmd(&dir, action, Flavor::Dsari),
         Command::Job { action } => job_cmd(&dir, action, Flavor::Dsari),
         Command::Run { action } => run_cmd(&dir, action, Flavor::Dsari),
-        Command::Render(_) => not_yet("dsari render (HTML reports)"),
-        Command::Metrics { .. } => not_yet("dsari metrics (Prometheus metrics)"),
+        Command::Render(args) => render_cmd(&dir, &args),
+        Command::Metrics { listen, metrics } => metrics_cmd(&dir, &listen, &metrics),
         Command::Completions { shell } => cli::generate::completions(Dsari::command(), shell),
         Command::Manpages { dir: out } => cli::generate::manpages(Dsari::command(), &out),
     }
@@ -479,9 +498,54 @@ impl From<ListFormatArg> for ListFormat {
     }
 }
 
-/// Commands whose issue has not landed yet: say so, exit status 1.
-fn not_yet(what: &str) -> anyhow::Result<u8> {
-    anyhow::bail!("{what} is not yet available in this version")
+/// `dsari render`: write the HTML reports.
+fn render_cmd(dir: &ConfigDir, args: &RenderArgs) -> anyhow::Result<u8> {
+    let config = load_config(dir)?;
+    let opts = dsari::report::RenderOptions {
+        regenerate: args.regenerate,
+    };
+    let s = dsari::report::render(&config, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "wrote {} pages, {} unchanged, {} removed in {}",
+        s.written,
+        s.unchanged,
+        s.removed,
+        s.out_dir.display()
+    );
+    Ok(0)
+}
+
+/// `dsari metrics`: serve (blocks) or, with --dump, print once.
+fn metrics_cmd(dir: &ConfigDir, listen: &str, args: &MetricsArgs) -> anyhow::Result<u8> {
+    let config = load_config(dir)?;
+    let opts = dsari::report::MetricsOptions {
+        job_cache_time: args.job_cache_time,
+        quantiles: dsari::report::parse_quantiles(&args.quantiles)
+            .map_err(|e| anyhow::anyhow!("--quantiles: {e}"))?,
+        include_running: !args.no_running,
+        metrics_path: args.metrics_path.clone(),
+    };
+    if args.dump {
+        let mut cache = dsari::report::MetricsCache::new();
+        let text = dsari::report::metrics_text(&config, &opts, &mut cache)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        print!("{text}");
+        return Ok(0);
+    }
+    eprintln!(
+        "dsari: serving metrics on http://{listen}{}",
+        opts.metrics_path
+    );
+    dsari::report::serve_metrics(config, listen, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(0)
+}
+
+/// The validated configuration, or the errors as one message.
+fn load_config(dir: &ConfigDir) -> anyhow::Result<dsari::config::Config> {
+    let path = dir.resolve();
+    dsari::config::load(&path)
+        .map(|l| l.config)
+        .map_err(|e| anyhow::anyhow!("{e}\nfix the configuration in {} first", path.display()))
 }
 
 /// `dsari __supervise RUN_DIR`, or `-` for a spare that reads its run dir from stdin.

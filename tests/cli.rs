@@ -537,16 +537,25 @@ fn python_tool_names_work_through_symlinks() {
         "not available",
     );
 
-    // dsari-render and dsari-prometheus-exporter: their flags parse; not here yet.
+    // dsari-render and dsari-prometheus-exporter: the Python tools' flags.
     let out = run_applet(&env, &applet(&env, "dsari-render"), &["-c", &c, "-r"]);
-    assert_user_error(&out, "not yet available");
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("wrote "), "{}", out.stdout);
+    assert!(env.data_dir.join("html/index.html").is_file());
     let exporter = applet(&env, "dsari-prometheus-exporter");
     let out = run_applet(
         &env,
         &exporter,
         &["-c", &c, "--dump", "--listen-port", "1234"],
     );
-    assert_user_error(&out, "not yet available");
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("dsari_run_count{") && l.contains("job_name=\"code\"")),
+        "{}",
+        out.stdout
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
