@@ -915,13 +915,12 @@ impl<'a> Checker<'a> {
                     continue;
                 }
                 if let Some(job) = self.job(&scope, value, JOB_KEYS) {
-                    jobs.insert(
-                        name.clone(),
-                        Job {
-                            name: name.clone(),
-                            ..job
-                        },
-                    );
+                    let job = Job {
+                        name: name.clone(),
+                        ..job
+                    };
+                    self.check_schedule(&scope, &job);
+                    jobs.insert(name.clone(), job);
                 }
             }
         }
@@ -932,6 +931,21 @@ impl<'a> Checker<'a> {
             }
         }
         jobs
+    }
+
+    /// A job's `schedule` must parse (with its name: H forms hash it) in its zone.
+    fn check_schedule(&mut self, scope: &Scope, job: &Job) {
+        let Some(expr) = &job.schedule else {
+            return;
+        };
+        let zone = job
+            .schedule_timezone
+            .as_deref()
+            .and_then(|z| z.parse::<chrono_tz::Tz>().ok());
+        if let Err(e) = crate::schedule::Schedule::parse(expr, &job.name, zone) {
+            let message = format!("invalid schedule {expr:?} for job {:?}: {e}", job.name);
+            self.error(scope, &["schedule"], message);
+        }
     }
 
     /// One job group: check it once, then add one job per name in `job_names`.
@@ -979,6 +993,7 @@ impl<'a> Checker<'a> {
                 job_group: Some(group.to_string()),
                 ..template.clone()
             };
+            self.check_schedule(&scope, &job);
             jobs.insert(name, job);
         }
     }

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod document;
 pub mod exec;
 pub mod report;
+pub mod schedule;
 pub mod store;
 pub mod time;
 pub mod trigger;

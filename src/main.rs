@@ -120,6 +120,11 @@ enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
+    /// Preview schedules
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -164,6 +169,36 @@ struct TriggerArgs {
     /// With --wait: give up after SECS seconds, exit status 124 (the run is left alone)
     #[arg(long, value_name = "SECS", requires = "wait")]
     timeout: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// The next times of EXPR for a job name (H forms hash the name), each after the previous
+    Next {
+        /// The job name the schedule is for
+        #[arg(long, value_name = "NAME")]
+        job: String,
+        /// IANA zone the schedule is read in (default: local)
+        #[arg(long, value_name = "TZ")]
+        timezone: Option<String>,
+        /// Start after this time: RFC 3339 or epoch seconds (default: now)
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// How many times
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// json: one array of epoch seconds
+        #[arg(long, value_enum)]
+        format: Option<NextFormat>,
+        /// A cron expression (5 or 6 fields, seconds last; H, R, @aliases) or RRULE:…
+        expr: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NextFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Args)]
@@ -415,6 +450,24 @@ fn run_dsari(d: Dsari) -> anyhow::Result<u8> {
         Command::Run { action } => run_cmd(&dir, action, Flavor::Dsari),
         Command::Render(args) => render_cmd(&dir, &args),
         Command::Metrics { listen, metrics } => metrics_cmd(&dir, &listen, &metrics),
+        Command::Schedule {
+            action:
+                ScheduleAction::Next {
+                    job,
+                    timezone,
+                    from,
+                    count,
+                    format,
+                    expr,
+                },
+        } => cli::schedule::next(&cli::schedule::NextOptions {
+            job,
+            timezone,
+            from,
+            count,
+            json: matches!(format, Some(NextFormat::Json)),
+            expr,
+        }),
         Command::Completions { shell } => cli::generate::completions(Dsari::command(), shell),
         Command::Manpages { dir: out } => cli::generate::manpages(Dsari::command(), &out),
     }

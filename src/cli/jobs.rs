@@ -18,19 +18,6 @@ use crate::time::epoch_text;
 use super::style::{self, Colour, Table};
 use super::{Flavor, ListFormat};
 
-/// When a job's schedule next comes due after `now` (epoch seconds), or `None`
-/// for a job without a schedule.
-///
-/// This is the hook the listing (and `dsari job why`) asks; it lives here so
-/// that the command line has one place to wire to the schedule evaluator.
-// TODO(scheduling issue): return the next time from `crate::schedule` (cron
-// with H/R, RRULE, `schedule_timezone`) once that module lands; until then no
-// job has a known next due time and the listing shows "-" / null.
-pub fn next_due(job: &Job, now: f64) -> Option<f64> {
-    let _ = (job, now);
-    None
-}
-
 /// What `dsari job list` was asked for.
 #[derive(Debug, Clone)]
 pub struct ListOptions {
@@ -102,7 +89,7 @@ fn collect<'a>(config: &'a Config, only: &[String]) -> anyhow::Result<Vec<Row<'a
         };
         rows.push(Row {
             job,
-            next_due: next_due(job, now),
+            next_due: crate::schedule::next_for_job(job, now),
             last,
             running: running.remove(&job.name).unwrap_or_default(),
         });

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod jobs;
 pub mod output;
 pub mod runs;
+pub mod schedule;
 pub mod style;
 pub mod tail;
 pub mod trigger;

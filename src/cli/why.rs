@@ -101,7 +101,7 @@ impl Explainer<'_> {
                     .schedule_timezone
                     .as_deref()
                     .unwrap_or("local time");
-                let next = super::jobs::next_due(self.job, self.now)
+                let next = crate::schedule::next_for_job(self.job, self.now)
                     .map(|t| {
                         format!(
                             "{} ({})",

@@ -119,6 +119,8 @@ struct Daemon {
     recorded: Vec<RunRecord>,
     /// A supervisor started ahead of the next run (see [`exec::Spare`]).
     spare: Option<exec::Spare>,
+    /// Parsed schedules of the jobs that have one.
+    schedules: HashMap<String, crate::schedule::Schedule>,
 }
 
 impl Daemon {
@@ -165,6 +167,7 @@ impl Daemon {
             user,
             recorded: Vec::new(),
             spare: None,
+            schedules: HashMap::new(),
             opts,
         })
     }
@@ -199,6 +202,7 @@ impl Daemon {
             self.store.path()
         );
         self.restore_pending();
+        self.reschedule_all();
         self.recover_running();
         self.recover_claimed();
         self.rescan_all();
@@ -286,6 +290,65 @@ impl Daemon {
             }
             self.unrecorded.push(record);
         }
+    }
+
+    /// Parse every job's schedule and set its next scheduled run after now,
+    /// replacing the scheduled runs of the previous configuration (start, SIGHUP).
+    /// A missed time is not replayed: the next one counts from now (SPEC §5.4).
+    fn reschedule_all(&mut self) {
+        let now = crate::time::now();
+        let old: Vec<String> = self.schedules.keys().cloned().collect();
+        self.schedules.clear();
+        for job in self.config.jobs.values() {
+            let Some(expr) = &job.schedule else {
+                continue;
+            };
+            let zone = job
+                .schedule_timezone
+                .as_deref()
+                .and_then(|z| z.parse().ok());
+            match crate::schedule::Schedule::parse(expr, &job.name, zone) {
+                Ok(s) => {
+                    self.schedules.insert(job.name.clone(), s);
+                }
+                // The configuration was validated; this is only a safety net.
+                Err(e) => error!("[{}] schedule {expr:?}: {e}", job.name),
+            }
+        }
+        for job in old {
+            if !self.schedules.contains_key(&job) {
+                self.scheduler.schedule(&job, None);
+            }
+        }
+        let jobs: Vec<String> = self.schedules.keys().cloned().collect();
+        for job in jobs {
+            self.schedule_next(&job, now);
+        }
+    }
+
+    /// Set a job's next scheduled run: its schedule's first time after `after`.
+    fn schedule_next(&mut self, job: &str, after: f64) {
+        let next = self.schedules.get(job).and_then(|s| s.next_after(after));
+        let run = next.map(|t| PendingRecord {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            job_name: job.to_string(),
+            schedule_time: t,
+            trigger_type: "schedule".into(),
+            trigger_data: json!({}),
+            run_data: json!({}),
+        });
+        match &run {
+            Some(r) => debug!(
+                "[{job} {}] next scheduled run due {}",
+                r.run_id,
+                due_text(r.schedule_time)
+            ),
+            None if self.schedules.contains_key(job) => {
+                debug!("[{job}] the schedule has no time after now: nothing scheduled")
+            }
+            None => {}
+        }
+        self.scheduler.schedule(job, run);
     }
 
     /// A run recorded as started whose command never started (the daemon stopped
@@ -1013,6 +1076,10 @@ impl Daemon {
         for (st, record) in starts.into_iter().zip(records) {
             fault_point("started");
             self.remove_claimed(&record.run_id);
+            if st.respawn {
+                // SPEC §5.4: the next time counts from this start, not from when it was due.
+                self.schedule_next(&record.job_name, record.start_time);
+            }
             self.spawn(record, st.group);
         }
         true
@@ -1276,6 +1343,7 @@ impl Daemon {
         self.scheduler.configure(&new);
         info!("SIGHUP: configuration reloaded: {} jobs", new.jobs.len());
         self.config = new;
+        self.reschedule_all();
         self.rescan_all();
     }
 

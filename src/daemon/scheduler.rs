@@ -153,17 +153,36 @@ impl Scheduler {
     }
 
     /// Set a job's next scheduled run (or none), replacing its current one.
-    /// Returns the run id it replaced, if any.
+    /// Returns the run id it replaced, if any. When a trigger has taken over the
+    /// scheduled run's place, that run stays and no other is added: the schedule
+    /// resumes when it starts.
     pub fn schedule(&mut self, job_name: &str, next: Option<PendingRecord>) -> Option<String> {
-        let current = self
+        let carriers: Vec<String> = self
             .by_job
             .get(job_name)
-            .and_then(|ids| ids.iter().find(|id| self.respawn.contains(*id)))
+            .into_iter()
+            .flatten()
+            .filter(|id| self.respawn.contains(*id))
+            .cloned()
+            .collect();
+        let is_scheduled_run = |s: &Self, id: &String| {
+            s.pending
+                .get(id)
+                .is_some_and(|p| p.trigger_type == "schedule")
+        };
+        let current = carriers
+            .iter()
+            .find(|id| is_scheduled_run(self, id))
             .cloned();
         if let Some(id) = &current {
             self.remove(id);
         }
-        if let Some(run) = next {
+        let taken_over = carriers
+            .iter()
+            .any(|id| !is_scheduled_run(self, id) && self.pending.contains_key(id));
+        if let Some(run) = next
+            && !taken_over
+        {
             self.respawn.insert(run.run_id.clone());
             self.add(run);
         }
@@ -626,5 +645,23 @@ mod tests {
         let again = s.due(1.0, &mut |_| 0);
         assert_eq!(ids(&again), ["s1"]);
         assert!(again[0].respawn);
+    }
+
+    #[test]
+    fn rescheduling_never_drops_a_trigger_that_took_the_schedule_over() {
+        let mut s = Scheduler::new(&config(vec![job("a", false, &[])], &[]));
+        s.schedule("a", Some(scheduled("s1", "a", 100.0)));
+        add(&mut s, pending("t1", "a", 50.0, 1));
+        // A reload sets the schedule again: the trigger's run stays and carries it.
+        s.schedule("a", Some(scheduled("s2", "a", 120.0)));
+        assert_eq!(
+            s.pending().map(|p| p.run_id.as_str()).collect::<Vec<_>>(),
+            ["t1"]
+        );
+        let starts = s.due(60.0, &mut |_| 0);
+        assert!(starts[0].respawn);
+        // After it starts, the next scheduled run is set as usual.
+        s.schedule("a", Some(scheduled("s3", "a", 200.0)));
+        assert_eq!(s.next_due(60.0), Some(200.0));
     }
 }

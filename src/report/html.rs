@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::output::{self, RunOutput};
-use super::{ReportError, human_duration, iso_time, local_time, next_scheduled_time};
+use super::{ReportError, human_duration, iso_time, local_time};
 use crate::config::{Config, Job};
 use crate::store::{RunRecord, Store};
 
@@ -235,7 +235,7 @@ impl JobView {
             command: shell_words::join(&job.command),
             schedule: job.schedule.clone(),
             schedule_timezone: job.schedule_timezone.clone(),
-            next_due: next_scheduled_time(job, now),
+            next_due: crate::schedule::next_for_job(job, now),
             run_count: runs.len(),
             success_count,
             failure_count: runs.len() - success_count,

@@ -17,8 +17,6 @@ use std::path::PathBuf;
 
 use chrono::{Local, TimeZone};
 
-use crate::config::Job;
-
 pub use html::{RenderOptions, RenderSummary, render};
 pub use metrics::{
     DEFAULT_LISTEN, MetricsCache, MetricsOptions, MetricsServer, MetricsStopper, metrics_text,
@@ -64,15 +62,6 @@ impl ReportError {
             source,
         }
     }
-}
-
-/// When `job` is next due after `now` (epoch seconds), for the index page.
-///
-/// HOOK: always `None` until the schedule module exists; then this should ask
-/// it for the job's next schedule time. Jobs without a `schedule` stay `None`.
-pub fn next_scheduled_time(job: &Job, now: f64) -> Option<f64> {
-    let _ = (job, now);
-    None
 }
 
 /// Epoch seconds as a local time without fractions: `2026-11-29 14:03:12`.
