@@ -114,6 +114,19 @@ fn main() {
     );
     add("  same, one concurrency group max 8", "runs/s", grouped);
 
+    let (start_s, rss10k, cpu10k) = schedule_load(&dsari, 10_000, opts.idle_secs);
+    add(
+        "10,000 jobs 'H * * * *': start until READY",
+        "s",
+        vec![start_s],
+    );
+    add("  idle RSS", "MB", vec![rss10k]);
+    add(
+        &format!("  CPU over {} s idle", opts.idle_secs),
+        "CPU-s",
+        vec![cpu10k],
+    );
+
     let (rss, cpu) = idle(&dsari, opts.idle_secs);
     add("idle daemon, 1 job: RSS", "MB", vec![rss]);
     add(
@@ -406,6 +419,53 @@ fn burst(dsari: &Path, n: usize, group_max: Option<u32>) -> f64 {
     }
     wait(Duration::from_secs(600), || count_runs(&db) >= n);
     n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// 10,000 scheduled jobs: seconds from spawn to systemd READY=1 (every
+/// schedule parsed, every trigger dir created, watched and scanned), then RSS
+/// and CPU seconds over `secs` of idleness (runs come due now and then: each
+/// job is due once an hour at its hashed minute).
+fn schedule_load(dsari: &Path, jobs: usize, secs: u64) -> (f64, f64, f64) {
+    use std::os::unix::net::UnixDatagram;
+    let mut job_map = serde_json::Map::new();
+    for i in 0..jobs {
+        job_map.insert(
+            format!("s{i}"),
+            json!({"command": ["/bin/true"], "schedule": "H * * * *"}),
+        );
+    }
+    let mut env = Env::new(json!({"jobs": job_map}));
+    let sock_path = env.data.with_file_name("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap_or_else(|e| die(&e.to_string()));
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(120)));
+    let t0 = Instant::now();
+    let child = Command::new(dsari)
+        .args(["daemon", "-c"])
+        .arg(&env.etc)
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("cannot start the daemon: {e}")));
+    env.daemon = Some(child);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| die(&format!("no READY=1: {e}")));
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    let start = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = env.pid();
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu1 = cpu_seconds(pid);
+    (start, rss_mb(pid), cpu1 - cpu0)
 }
 
 /// RSS (MB) after settling, and CPU seconds used over `secs` of idleness.

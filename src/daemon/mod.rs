@@ -57,7 +57,10 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    let mut daemon = Daemon::new(loaded.config, opts)?;
+    let mut config = loaded.config;
+    // The merged files as read are only for `config dump --raw`.
+    config.raw = Value::Null;
+    let mut daemon = Daemon::new(config, opts)?;
     daemon.start()?;
     Ok(daemon.event_loop())
 }
@@ -207,6 +210,7 @@ impl Daemon {
         self.recover_claimed();
         self.rescan_all();
         self.flush();
+        release_freed_memory();
         systemd_notify(&[sd_notify::NotifyState::Ready]);
         Ok(())
     }
@@ -699,9 +703,17 @@ impl Daemon {
                     self.job_watches.insert(job.to_string(), wd);
                 }
                 Err(e) => {
-                    if self.warned_dirs.insert(format!("\0i{job}")) {
+                    // Out of watches (fs.inotify.max_user_watches) fails for every
+                    // directory alike: say so once, not once per job and rescan.
+                    let once = if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+                        "\0watch-limit".to_string()
+                    } else {
+                        format!("\0i{job}")
+                    };
+                    if self.warned_dirs.insert(once) {
                         warn!(
-                            "[{job}] cannot watch {}: {e}; relying on rescans",
+                            "[{job}] cannot watch {}: {e}; relying on the rescan every {RESCAN_INTERVAL} s \
+                             (raise fs.inotify.max_user_watches if this says no space)",
                             dir.display()
                         );
                     }
@@ -1333,6 +1345,7 @@ impl Daemon {
             warn!("{w}");
         }
         let mut new = loaded.config;
+        new.raw = Value::Null;
         if new.data_dir != self.config.data_dir || new.database_file != self.config.database_file {
             warn!(
                 "SIGHUP: data_dir and database changes take effect at the next start; keeping the current ones"
@@ -1345,6 +1358,7 @@ impl Daemon {
         self.config = new;
         self.reschedule_all();
         self.rescan_all();
+        release_freed_memory();
     }
 
     fn begin_shutdown(&mut self, sig: i32) {
@@ -1472,6 +1486,17 @@ fn signal_supervisor(pid: u32, sig: nix::sys::signal::Signal) {
         return;
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Give the memory freed after loading and scheduling (config parsing and
+/// schedule evaluation allocate a lot, briefly) back to the system, so the idle
+/// daemon's RSS is what it keeps, not what it once used.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
 
 /// Tell systemd (Type=notify) how the daemon is doing; nothing outside systemd.

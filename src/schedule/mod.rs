@@ -33,7 +33,9 @@ pub struct Schedule {
 #[derive(Debug, Clone)]
 enum Kind {
     Cron(cron::CronSchedule),
-    Rrule(rrule::RruleSchedule),
+    /// Boxed: a parsed rule is large, and most jobs use cron (10,000 of them
+    /// are kept in memory).
+    Rrule(Box<rrule::RruleSchedule>),
 }
 
 /// Why a schedule string was rejected. Each message points at the bad part
@@ -135,7 +137,7 @@ impl Schedule {
             return Err(ScheduleError::Empty);
         }
         let kind = match rrule_body(trimmed) {
-            Some(body) => Kind::Rrule(rrule::RruleSchedule::parse(trimmed, body, zone)?),
+            Some(body) => Kind::Rrule(Box::new(rrule::RruleSchedule::parse(trimmed, body, zone)?)),
             None => Kind::Cron(cron::CronSchedule::parse(trimmed, crc, &mut random_u32)?),
         };
         Ok(Schedule {
