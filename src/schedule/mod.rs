@@ -123,14 +123,15 @@ impl Schedule {
     /// `expr` is a cron expression (5 or 6 fields, seconds last; `H`/`R` forms;
     /// `@` aliases) or an `RRULE:` rule (the prefix in any case). `job_name`
     /// seeds the `H` hash and the sub-second offset. `tz` is the zone the
-    /// schedule is read in; `None` means the system's local zone
-    /// (`chrono::Local`, with its daylight-saving rules).
+    /// schedule is read in; `None` means the system's local zone: its IANA
+    /// name (`TZ`, else `/etc/localtime`) looked up once per process, or
+    /// `chrono::Local` when it has none.
     ///
     /// `R` forms draw their random values here, once. A cron expression that
     /// no date satisfies (`0 0 31 2 *`) is rejected, as the Python dsari
     /// rejects it when loading the configuration.
     pub fn parse(expr: &str, job_name: &str, tz: Option<Tz>) -> Result<Schedule, ScheduleError> {
-        let zone = tz.map_or(Zone::Local, Zone::Named);
+        let zone = tz.or_else(system_zone).map_or(Zone::Local, Zone::Named);
         let crc = job_hash(job_name);
         let trimmed = expr.trim();
         if trimmed.is_empty() {
@@ -291,6 +292,20 @@ fn resolve_in<T: TimeZone>(tz: &T, wall: NaiveDateTime) -> Resolved {
         }
         LocalResult::None => Resolved::Gap,
     }
+}
+
+/// The system's zone by IANA name, found once: `chrono::Local` re-reads
+/// `/etc/localtime` on every conversion (about 100 µs), which 10,000
+/// schedules computed at start-up would pay many times over.
+fn system_zone() -> Option<Tz> {
+    static ZONE: std::sync::OnceLock<Option<Tz>> = std::sync::OnceLock::new();
+    *ZONE.get_or_init(|| {
+        let name = match std::env::var("TZ") {
+            Ok(tz) => tz.trim_start_matches(':').to_string(),
+            Err(_) => iana_time_zone::get_timezone().ok()?,
+        };
+        name.parse().ok()
+    })
 }
 
 /// A configured job's next scheduled time after `now`: None without a
