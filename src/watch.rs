@@ -30,6 +30,8 @@ pub enum FsEvent {
 /// Adds and removes watches; the events arrive on the channel given to [`Watcher::start`].
 pub struct Watcher {
     watches: Watches,
+    /// Job directories watched so far (for the test limit below).
+    job_watches: usize,
 }
 
 impl Watcher {
@@ -70,7 +72,10 @@ impl Watcher {
                     }
                 }
             })?;
-        Ok(Watcher { watches })
+        Ok(Watcher {
+            watches,
+            job_watches: 0,
+        })
     }
 
     /// Watch `trigger/` for job directories appearing and for its own removal.
@@ -88,6 +93,11 @@ impl Watcher {
 
     /// Watch a job's trigger directory for finished files.
     pub fn watch_job_dir(&mut self, dir: &Path) -> std::io::Result<WatchDescriptor> {
+        if self.job_watches >= test_watch_limit() {
+            // What the kernel answers past fs.inotify.max_user_watches.
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        }
+        self.job_watches += 1;
         self.watches.add(
             dir,
             WatchMask::CLOSE_WRITE
@@ -104,4 +114,19 @@ impl Watcher {
     pub fn unwatch(&mut self, wd: WatchDescriptor) {
         let _ = self.watches.remove(wd);
     }
+}
+
+/// Debug builds only: `DSARI_TEST_MAX_WATCHES=N` makes the N+1-th job
+/// directory fail as the kernel does when fs.inotify.max_user_watches is
+/// reached, so that tests can show the fallback without changing a global
+/// kernel setting. Release builds have no limit of their own.
+fn test_watch_limit() -> usize {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("DSARI_TEST_MAX_WATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    usize::MAX
 }

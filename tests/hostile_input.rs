@@ -552,3 +552,44 @@ fn run_files_and_database_keep_other_users_out_even_with_umask_000() {
     env.wait_runs("job", 2);
     daemon.assert_alive(&env);
 }
+
+/// Out of inotify watches (fs.inotify.max_user_watches, simulated in debug
+/// builds so no global kernel setting changes): said once, and the jobs that
+/// could not be watched still get their triggers through rescans.
+#[test]
+fn out_of_inotify_watches_falls_back_to_rescans() {
+    let env = TestEnv::new(json!({
+        "jobs": {
+            "a": { "command": sh("echo a") },
+            "b": { "command": sh("echo b") },
+            "c": { "command": sh("echo c") },
+        }
+    }));
+    let daemon = env.start_daemon_with(&[], &[("DSARI_TEST_MAX_WATCHES", "1")]);
+    // "a" (first by name) is watched: its trigger runs on the event alone.
+    env.trigger_json("a", "t.json", &json!({}));
+    env.wait_runs("a", 1);
+    // "b" and "c" are not: a rescan (SIGUSR1 here, every 60 s otherwise) finds them.
+    env.trigger_json("b", "t.json", &json!({}));
+    env.trigger_json("c", "t.json", &json!({}));
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    env.wait_runs("b", 1);
+    env.wait_runs("c", 1);
+    let complaints = env
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot watch"))
+        .count();
+    assert_eq!(complaints, 1, "the limit is logged once:\n{}", env.log());
+    // Later rescans do not repeat it.
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    env.trigger_json("c", "t2.json", &json!({}));
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    env.wait_runs("c", 2);
+    let complaints = env
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot watch"))
+        .count();
+    assert_eq!(complaints, 1, "{}", env.log());
+}
