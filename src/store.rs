@@ -115,6 +115,21 @@ CREATE TABLE IF NOT EXISTS dsari_idempotency (
 );
 ";
 
+/// Insert or replace a pending run (parameters: [`pending_params`]).
+const SAVE_PENDING: &str = "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
+    trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+fn pending_params(p: &PendingRecord) -> (&str, &str, f64, &str, String, String) {
+    (
+        &p.run_id,
+        &p.job_name,
+        p.schedule_time,
+        &p.trigger_type,
+        p.trigger_data.to_string(),
+        p.run_data.to_string(),
+    )
+}
+
 /// Remember a trigger's `idempotency_key` with the run it made (no-op without one).
 const REMEMBER_KEY: &str = "INSERT INTO dsari_idempotency (job_name, key, run_id, seen_time) \
     SELECT ?1, json_extract(?2, '$.idempotency_key'), ?3, ?4 \
@@ -317,19 +332,9 @@ impl Store {
         let tx = self.conn.transaction().map_err(wrap)?;
         tx.execute("DELETE FROM runs_running WHERE run_id = ?1", [&run.run_id])
             .map_err(wrap)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
-             trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                run.run_id,
-                run.job_name,
-                run.schedule_time,
-                run.trigger_type,
-                run.trigger_data.to_string(),
-                run.run_data.to_string(),
-            ],
-        )
-        .map_err(wrap)?;
+        tx.prepare_cached(SAVE_PENDING)
+            .and_then(|mut insert| insert.execute(pending_params(run)))
+            .map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 
@@ -449,12 +454,7 @@ impl Store {
             for id in obsolete {
                 delete.execute([id]).map_err(wrap)?;
             }
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO dsari_pending (run_id, job_name, schedule_time, \
-                     trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(wrap)?;
+            let mut insert = tx.prepare_cached(SAVE_PENDING).map_err(wrap)?;
             let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(wrap)?;
             let now = crate::time::now();
             for p in runs {
@@ -466,16 +466,7 @@ impl Store {
                         now
                     ])
                     .map_err(wrap)?;
-                insert
-                    .execute(params![
-                        p.run_id,
-                        p.job_name,
-                        p.schedule_time,
-                        p.trigger_type,
-                        p.trigger_data.to_string(),
-                        p.run_data.to_string(),
-                    ])
-                    .map_err(wrap)?;
+                insert.execute(pending_params(p)).map_err(wrap)?;
             }
         }
         tx.commit().map_err(wrap)
