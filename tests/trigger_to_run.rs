@@ -32,7 +32,7 @@ fn json_trigger_becomes_one_run_with_every_column() {
         data.to_string().as_bytes(),
         Some(filetime_of(mtime)),
     );
-    assert_time_eq(&env, "mtime as set", mtime_of(&path), mtime, 1e-6);
+    // (Not stat'ed here: the daemon may already have claimed the file.)
 
     let runs = env.wait_runs("job", 1);
     if runs.len() != 1 {
