@@ -164,10 +164,7 @@ impl Store {
                 .mode(0o640)
                 .open(path);
         }
-        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
-            path: display.clone(),
-            source,
-        })?;
+        let conn = Connection::open(path).map_err(sqlite_error(&display))?;
         let store = Store {
             conn,
             path: display,
@@ -183,15 +180,9 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Sqlite {
-            path: display.clone(),
-            source,
-        })?;
+        .map_err(sqlite_error(&display))?;
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|source| StoreError::Sqlite {
-                path: display.clone(),
-                source,
-            })?;
+            .map_err(sqlite_error(&display))?;
         Ok(Store {
             conn,
             path: display,
@@ -217,10 +208,7 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        sqlite_error(&self.path)(source)
     }
 
     /// The database file, for messages.
@@ -261,11 +249,7 @@ impl Store {
         runs: &mut [RunRecord],
         obsolete: &[String],
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = &sqlite_error(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -324,11 +308,7 @@ impl Store {
     /// Put a run whose start was recorded but whose command never started back
     /// to pending (after a crash between the two), in one transaction.
     pub fn unstart_run(&mut self, run: &PendingRecord) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = &sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(wrap)?;
         tx.execute("DELETE FROM runs_running WHERE run_id = ?1", [&run.run_id])
             .map_err(wrap)?;
@@ -340,11 +320,7 @@ impl Store {
 
     /// Move finished runs from `runs_running` to `runs`, in one transaction.
     pub fn finish_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = &sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(wrap)?;
         {
             let mut insert = tx
@@ -441,11 +417,7 @@ impl Store {
         runs: &[PendingRecord],
         obsolete: &[String],
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let wrap = &sqlite_error(&self.path);
         let tx = self.conn.transaction().map_err(wrap)?;
         {
             let mut delete = tx
@@ -798,6 +770,15 @@ fn run_filter(jobs: &[String], run_prefixes: &[String]) -> (String, Vec<String>)
         (String::new(), args)
     } else {
         (format!(" WHERE {}", clauses.join(" AND ")), args)
+    }
+}
+
+/// Maps a SQLite error to a [`StoreError`] naming the database file.
+fn sqlite_error(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
+    let path = path.to_string();
+    move |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
     }
 }
 
