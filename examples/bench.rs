@@ -21,7 +21,23 @@ struct Opts {
     burst_n: usize,
     idle_secs: u64,
     db_rows: usize,
+    wait_n: usize,
+    recovery_n: usize,
+    only: Option<Vec<String>>,
     json_out: Option<PathBuf>,
+}
+
+/// The bench's sections, in the order they run (`--only` takes a comma list of them).
+const SECTIONS: &[&str] = &[
+    "latency", "wait", "burst", "schedule", "idle", "db", "recovery",
+];
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
 }
 
 fn parse_opts() -> Opts {
@@ -32,6 +48,9 @@ fn parse_opts() -> Opts {
         burst_n: 2000,
         idle_secs: 60,
         db_rows: 1_000_000,
+        wait_n: 100,
+        recovery_n: 200,
+        only: None,
         json_out: None,
     };
     let mut args = std::env::args().skip(1);
@@ -48,10 +67,25 @@ fn parse_opts() -> Opts {
             "--burst" => o.burst_n = num("--burst"),
             "--idle-secs" => o.idle_secs = num("--idle-secs") as u64,
             "--db-rows" => o.db_rows = num("--db-rows"),
+            "--wait" => o.wait_n = num("--wait"),
+            "--recovery" => o.recovery_n = num("--recovery"),
+            "--only" => {
+                let list: Vec<String> = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = list.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    die(&format!("--only: no section {bad:?}; they are {}", SECTIONS.join(",")));
+                }
+                o.only = Some(list);
+            }
             "--json" => o.json_out = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--quick] [--rounds N] [--latency N] [--burst N] [--idle-secs S] [--db-rows N] [--json FILE]"
+                    "usage: bench [--quick] [--rounds N] [--latency N] [--wait N] [--burst N] [--idle-secs S] [--db-rows N] [--recovery N] [--only SECTION,...] [--json FILE]\nsections: {}",
+                    SECTIONS.join(",")
                 );
                 std::process::exit(0);
             }
@@ -64,6 +98,7 @@ fn parse_opts() -> Opts {
         o.burst_n = o.burst_n.min(500);
         o.idle_secs = o.idle_secs.min(10);
         o.db_rows = o.db_rows.min(100_000);
+        o.wait_n = o.wait_n.min(30);
     }
     o
 }
@@ -87,64 +122,105 @@ fn main() {
         "figure", "min", "median", "max"
     );
 
-    let (mut p50, mut p99, mut pmax) = (vec![], vec![], vec![]);
-    for _ in 0..opts.rounds {
-        let l = latency(&dsari, opts.latency_n);
-        p50.push(percentile(&l, 50.0));
-        p99.push(percentile(&l, 99.0));
-        pmax.push(percentile(&l, 100.0));
+    if opts.runs("latency") {
+        let (mut p50, mut p99, mut pmax) = (vec![], vec![], vec![]);
+        for _ in 0..opts.rounds {
+            let l = latency(&dsari, opts.latency_n);
+            p50.push(percentile(&l, 50.0));
+            p99.push(percentile(&l, 99.0));
+            pmax.push(percentile(&l, 100.0));
+        }
+        add(
+            &format!("trigger latency p50 ({} triggers)", opts.latency_n),
+            "ms",
+            p50,
+        );
+        add("trigger latency p99", "ms", p99);
+        add("trigger latency max", "ms", pmax);
     }
-    add(
-        &format!("trigger latency p50 ({} triggers)", opts.latency_n),
-        "ms",
-        p50,
-    );
-    add("trigger latency p99", "ms", p99);
-    add("trigger latency max", "ms", pmax);
 
-    let (mut free, mut grouped) = (vec![], vec![]);
-    for _ in 0..opts.rounds {
-        free.push(burst(&dsari, opts.burst_n, None));
-        grouped.push(burst(&dsari, opts.burst_n, Some(8)));
+    if opts.runs("wait") {
+        let (mut p50, mut pmax) = (vec![], vec![]);
+        for _ in 0..opts.rounds {
+            let w = wait_overhead(&dsari, opts.wait_n);
+            p50.push(percentile(&w, 50.0));
+            pmax.push(percentile(&w, 100.0));
+        }
+        add(
+            &format!("trigger --wait overhead p50 ({} runs)", opts.wait_n),
+            "ms",
+            p50,
+        );
+        add("  max", "ms", pmax);
     }
-    add(
-        &format!("burst {} x /bin/true, 100 jobs", opts.burst_n),
-        "runs/s",
-        free,
-    );
-    add("  same, one concurrency group max 8", "runs/s", grouped);
 
-    let (start_s, rss10k, cpu10k) = schedule_load(&dsari, 10_000, opts.idle_secs);
-    add(
-        "10,000 jobs 'H * * * *': start until READY",
-        "s",
-        vec![start_s],
-    );
-    add("  idle RSS", "MB", vec![rss10k]);
-    add(
-        &format!("  CPU over {} s idle", opts.idle_secs),
-        "CPU-s",
-        vec![cpu10k],
-    );
+    if opts.runs("burst") {
+        let (mut free, mut grouped) = (vec![], vec![]);
+        for _ in 0..opts.rounds {
+            free.push(burst(&dsari, opts.burst_n, None));
+            grouped.push(burst(&dsari, opts.burst_n, Some(8)));
+        }
+        add(
+            &format!("burst {} x /bin/true, 100 jobs", opts.burst_n),
+            "runs/s",
+            free,
+        );
+        add("  same, one concurrency group max 8", "runs/s", grouped);
+    }
 
-    let (rss, cpu) = idle(&dsari, opts.idle_secs);
-    add("idle daemon, 1 job: RSS", "MB", vec![rss]);
-    add(
-        &format!("idle daemon, 1 job: CPU over {} s", opts.idle_secs),
-        "CPU-s",
-        vec![cpu],
-    );
+    if opts.runs("schedule") {
+        let (first_s, start_s, rss10k, cpu10k) = schedule_load(&dsari, 10_000, opts.idle_secs);
+        add(
+            "10,000 jobs 'H * * * *': first start, to READY",
+            "s",
+            vec![first_s],
+        );
+        add("  restart (trigger dirs exist), to READY", "s", vec![start_s]);
+        add("  idle RSS", "MB", vec![rss10k]);
+        add(
+            &format!("  CPU over {} s idle", opts.idle_secs),
+            "CPU-s",
+            vec![cpu10k],
+        );
+    }
 
-    let db = database(&dsari, opts.db_rows, opts.rounds.max(3));
-    add(
-        &format!("db {} rows: run start (lookups+insert)", opts.db_rows),
-        "ms",
-        db.0,
-    );
-    add("  run finish (move to runs)", "ms", db.1);
-    add("  dsari run list --job X --limit 20", "ms", db.2);
-    add("  metrics: first collection", "ms", db.3);
-    add("  metrics: served from cache", "ms", db.4);
+    if opts.runs("idle") {
+        let (rss, cpu) = idle(&dsari, opts.idle_secs);
+        add("idle daemon, 1 job: RSS", "MB", vec![rss]);
+        add(
+            &format!("idle daemon, 1 job: CPU over {} s", opts.idle_secs),
+            "CPU-s",
+            vec![cpu],
+        );
+    }
+
+    if opts.runs("db") {
+        let db = database(&dsari, opts.db_rows, opts.rounds.max(3));
+        add(
+            &format!("db {} rows: run start (lookups+insert)", opts.db_rows),
+            "ms",
+            db.0,
+        );
+        add("  run finish (move to runs)", "ms", db.1);
+        add("  dsari run list --job X --limit 20", "ms", db.2);
+        add("  metrics: first collection", "ms", db.3);
+        add("  metrics: served from cache", "ms", db.4);
+    }
+
+    if opts.runs("recovery") {
+        let mut times = vec![];
+        for _ in 0..opts.rounds {
+            times.push(recovery(&dsari, opts.recovery_n));
+        }
+        add(
+            &format!(
+                "crash recovery, {} runs: restart until READY",
+                opts.recovery_n
+            ),
+            "s",
+            times,
+        );
+    }
 
     if let Some(path) = opts.json_out {
         let rows: Vec<Value> = results
@@ -316,6 +392,13 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Env {
+    /// SIGTERM to the daemon and wait for it to end (SIGKILL after 10 s).
+    fn stop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
@@ -379,6 +462,133 @@ fn latency(dsari: &Path, n: usize) -> Vec<f64> {
     out
 }
 
+/// `dsari trigger JOB --wait`, one after another: the command's wall time minus
+/// the run's own duration (`stop_time - start_time` in `runs`), ms.
+fn wait_overhead(dsari: &Path, n: usize) -> Vec<f64> {
+    let mut env = Env::new(json!({"jobs": {"w": {"command": ["/bin/true"]}}}));
+    env.start(dsari, &["w".to_string()]);
+    let db = env.db();
+    let mut out = Vec::with_capacity(n);
+    // The first round trip warms the page cache and is not counted.
+    for i in 0..=n {
+        let t0 = Instant::now();
+        let result = Command::new(dsari)
+            .args(["trigger", "w", "--wait", "--timeout", "30", "-c"])
+            .arg(&env.etc)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| die(&format!("dsari trigger: {e}")));
+        let wall = t0.elapsed().as_secs_f64();
+        if !result.status.success() {
+            die(&format!("dsari trigger --wait exited with {}", result.status));
+        }
+        let own: f64 = db
+            .query_row(
+                "SELECT stop_time - start_time FROM runs ORDER BY rowid DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| die(&e.to_string()));
+        if i > 0 {
+            out.push((wall - own) * 1000.0);
+        }
+    }
+    out
+}
+
+/// Start the daemon with NOTIFY_SOCKET set; seconds from spawn until READY=1.
+fn start_until_ready(env: &mut Env, dsari: &Path) -> f64 {
+    use std::os::unix::net::UnixDatagram;
+    let sock_path = env.data.with_file_name("notify.sock");
+    let _ = fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap_or_else(|e| die(&e.to_string()));
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(120)));
+    let t0 = Instant::now();
+    let child = Command::new(dsari)
+        .args(["daemon", "-c"])
+        .arg(&env.etc)
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("cannot start the daemon: {e}")));
+    env.daemon = Some(child);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| die(&format!("no READY=1: {e}")));
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            return t0.elapsed().as_secs_f64();
+        }
+    }
+}
+
+/// `n` runs in progress when the daemon is SIGKILLed: half of them finish while
+/// it is down, half are still running. Seconds from the restart until READY=1,
+/// by which time every finished one is recorded and every running one adopted.
+fn recovery(dsari: &Path, n: usize) -> f64 {
+    let (quick, slow) = (n / 2, n - n / 2);
+    let mut env = Env::new(json!({"jobs": {
+        "quick": {"command": ["/bin/sleep", "1"], "concurrent_runs": true},
+        "slow": {"command": ["/bin/sleep", "120"], "concurrent_runs": true},
+    }}));
+    env.start(dsari, &["quick".to_string(), "slow".to_string()]);
+    let db = env.db();
+    let count = |table: &str| -> usize {
+        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n as usize)
+        .unwrap_or(0)
+    };
+    for i in 0..n {
+        let job = if i < quick { "quick" } else { "slow" };
+        env.drop_trigger(job, &format!("r{i}.json"), "");
+    }
+    wait(Duration::from_secs(60), || count("runs_running") == n);
+    if let Some(mut daemon) = env.daemon.take() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    // Every quick run's supervisor leaves its exit status while no daemon runs.
+    let quick_dirs: Vec<PathBuf> = fs::read_dir(env.data.join("runs/quick"))
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    wait(Duration::from_secs(60), || {
+        quick_dirs
+            .iter()
+            .all(|d| d.join(".dsari-status.json").exists())
+    });
+    let took = start_until_ready(&mut env, dsari);
+    let (recorded, running) = (count("runs"), count("runs_running"));
+    if recorded != quick || running != slow {
+        die(&format!(
+            "after recovery: {recorded} runs recorded (expected {quick}), {running} running (expected {slow})"
+        ));
+    }
+    // Stop the slow runs through their supervisors (pid in the lock file).
+    for entry in fs::read_dir(env.data.join("runs/slow")).into_iter().flatten() {
+        let lock = entry.map(|e| e.path().join(".dsari-lock"));
+        if let Some(pid) = lock
+            .ok()
+            .and_then(|l| fs::read_to_string(l).ok())
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    wait(Duration::from_secs(60), || count("runs") == n);
+    took
+}
+
 /// `n` trigger files at once over 100 jobs with concurrent_runs: runs per second.
 fn burst(dsari: &Path, n: usize, group_max: Option<u32>) -> f64 {
     let jobs: Vec<String> = (0..100).map(|i| format!("j{i}")).collect();
@@ -425,8 +635,7 @@ fn burst(dsari: &Path, n: usize, group_max: Option<u32>) -> f64 {
 /// schedule parsed, every trigger dir created, watched and scanned), then RSS
 /// and CPU seconds over `secs` of idleness (runs come due now and then: each
 /// job is due once an hour at its hashed minute).
-fn schedule_load(dsari: &Path, jobs: usize, secs: u64) -> (f64, f64, f64) {
-    use std::os::unix::net::UnixDatagram;
+fn schedule_load(dsari: &Path, jobs: usize, secs: u64) -> (f64, f64, f64, f64) {
     let mut job_map = serde_json::Map::new();
     for i in 0..jobs {
         job_map.insert(
@@ -435,37 +644,16 @@ fn schedule_load(dsari: &Path, jobs: usize, secs: u64) -> (f64, f64, f64) {
         );
     }
     let mut env = Env::new(json!({"jobs": job_map}));
-    let sock_path = env.data.with_file_name("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap_or_else(|e| die(&e.to_string()));
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(120)));
-    let t0 = Instant::now();
-    let child = Command::new(dsari)
-        .args(["daemon", "-c"])
-        .arg(&env.etc)
-        .env("RUST_LOG", "warn")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| die(&format!("cannot start the daemon: {e}")));
-    env.daemon = Some(child);
-    let mut buf = [0u8; 256];
-    loop {
-        let n = sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| die(&format!("no READY=1: {e}")));
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
-    let start = t0.elapsed().as_secs_f64();
+    // The first start creates every job's trigger dir; a restart finds them.
+    let first = start_until_ready(&mut env, dsari);
+    env.stop();
+    let start = start_until_ready(&mut env, dsari);
     std::thread::sleep(Duration::from_millis(500));
     let pid = env.pid();
     let cpu0 = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs(secs));
     let cpu1 = cpu_seconds(pid);
-    (start, rss_mb(pid), cpu1 - cpu0)
+    (first, start, rss_mb(pid), cpu1 - cpu0)
 }
 
 /// RSS (MB) after settling, and CPU seconds used over `secs` of idleness.

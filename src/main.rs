@@ -601,17 +601,14 @@ fn load_config(dir: &ConfigDir) -> anyhow::Result<dsari::config::Config> {
         .map_err(|e| anyhow::anyhow!("{e}\nfix the configuration in {} first", path.display()))
 }
 
-/// `dsari __supervise RUN_DIR`, or `-` for a spare that reads its run dir from stdin.
+/// `dsari __supervise RUN_DIR`, or `--launcher` for the daemon's launcher.
 fn supervise(run_dir: PathBuf) -> u8 {
-    let run_dir = if run_dir.as_os_str() == dsari::exec::SPARE_ARG {
-        match dsari::exec::read_spare_run_dir() {
-            Some(d) => d,
-            None => return 0,
-        }
+    let code = if run_dir.as_os_str() == dsari::exec::LAUNCHER_ARG {
+        dsari::exec::launcher::serve()
     } else {
-        run_dir
+        dsari::exec::supervise(&run_dir)
     };
-    dsari::exec::supervise(&run_dir).clamp(0, 255) as u8
+    code.clamp(0, 255) as u8
 }
 
 fn init_logging(debug: bool) {

@@ -449,6 +449,60 @@ fn future_trigger_survives_a_kill_and_runs_at_its_time_once() {
     assert_eq!(env.runs().len(), 1);
 }
 
+/// The parent of a process, from `/proc/PID/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn runs_survive_the_launcher_being_killed() {
+    let env = TestEnv::new(config(true, json!({})));
+    let mut daemon = env.start_daemon();
+    let running = start_blocking_run(&env, "a");
+    let supervisor = supervisor_pid(&env, "job", &running.run_id);
+    let launcher = parent_of(supervisor)
+        .unwrap_or_else(|| env.fail(&format!("no parent for supervisor {supervisor}")));
+    let cmdline = fs::read(format!("/proc/{launcher}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--launcher"),
+        "the supervisor's parent (pid {launcher}) is not the launcher: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert_eq!(
+        parent_of(launcher),
+        Some(daemon.pid()),
+        "the launcher is the daemon's child"
+    );
+    let _ = signal::kill(Pid::from_raw(launcher), Signal::SIGKILL);
+    env.wait_until("the launcher to be gone", || process_gone(launcher));
+    assert!(
+        !process_gone(supervisor),
+        "the run's supervisor died with the launcher"
+    );
+    // New runs still start (a new launcher), and still get their own exit code.
+    let after = quick_run(&env, "after");
+    assert_eq!(after.exit_code, 5);
+    env.wait_until("the log to tell of the launcher's end", || {
+        env.log().contains("the launcher has ended")
+    });
+    assert!(
+        env.log().contains("following them through their run dirs' locks"),
+        "the log must say how the launcher's runs are followed:\n{}",
+        env.log()
+    );
+    // The run the dead launcher had started is still followed to its end.
+    env.release("go");
+    let runs = env.wait_runs("job", 1);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].run_id, running.run_id);
+    assert_eq!(runs[0].exit_code, 7, "the run's true exit code");
+    assert!(runs[0].run_data.get("lost").is_none(), "{}", runs[0].run_data);
+    assert_eq!(env.output(&runs[0]), "started\nreleased\n");
+    daemon.assert_alive(&env);
+}
+
 // ----- crash at every fault point ------------------------------------------
 
 /// Start the daemon with `DSARI_FAULT=point`, drop one trigger (due in

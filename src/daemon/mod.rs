@@ -10,6 +10,7 @@ pub mod scheduler;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub enum Event {
     Signal(i32),
     /// The supervisor of this run has exited.
     Exited(String),
+    /// News from the launcher about the runs it started.
+    Launch(exec::LaunchEvent),
 }
 
 /// Run the daemon until it is told to stop; returns the process exit code.
@@ -69,7 +72,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
 struct ActiveRun {
     record: RunRecord,
     run_dir: PathBuf,
-    /// The supervisor's pid (our child, so it cannot be reused before we reap it).
+    /// The supervisor's pid; 0 until the launcher has reported it.
     pid: u32,
 }
 
@@ -120,8 +123,10 @@ struct Daemon {
     user: Option<(String, String)>,
     /// Runs recorded by this process (for `--once`).
     recorded: Vec<RunRecord>,
-    /// A supervisor started ahead of the next run (see [`exec::Spare`]).
-    spare: Option<exec::Spare>,
+    /// The process that forks run supervisors (see [`exec::Launcher`]).
+    launcher: Option<exec::Launcher>,
+    /// Counts launchers started, to tell the current one's end from an old one's.
+    launcher_generation: u64,
     /// Parsed schedules of the jobs that have one.
     schedules: HashMap<String, crate::schedule::Schedule>,
 }
@@ -169,7 +174,8 @@ impl Daemon {
             daemon_path: std::env::var("PATH").ok(),
             user,
             recorded: Vec::new(),
-            spare: None,
+            launcher: None,
+            launcher_generation: 0,
             schedules: HashMap::new(),
             opts,
         })
@@ -500,6 +506,7 @@ impl Daemon {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Exited(run_id) => self.finish(&run_id),
+            Event::Launch(ev) => self.launch_event(ev),
             Event::Signal(sig) => self.signal(sig),
             Event::Fs(fs) => self.fs_event(fs),
         }
@@ -996,19 +1003,77 @@ impl Daemon {
         {
             self.db_retry_at = Some(crate::time::now() + DB_RETRY);
         }
-        self.keep_spare();
+        self.keep_launcher();
     }
 
-    /// Keep one spare supervisor ready while the daemon takes new runs.
-    fn keep_spare(&mut self) {
-        if self.shutdown.is_some() || self.opts.once {
-            self.spare = None;
+    /// Keep a launcher while the daemon takes new runs (`--once` starts its few
+    /// supervisors directly).
+    fn keep_launcher(&mut self) {
+        if self.launcher.is_some() || self.shutdown.is_some() || self.opts.once {
             return;
         }
-        if self.spare.is_none() {
-            match exec::Spare::start(&self.exe) {
-                Ok(s) => self.spare = Some(s),
-                Err(e) => debug!("cannot start a spare supervisor: {e}"),
+        self.launcher_generation += 1;
+        let tx = self.tx.clone();
+        let sink: exec::LaunchSink = Arc::new(move |ev| {
+            let _ = tx.send(Event::Launch(ev));
+        });
+        match exec::Launcher::start(&self.exe, self.launcher_generation, sink) {
+            Ok(l) => {
+                debug!("launcher started, pid {}", l.pid());
+                self.launcher = Some(l);
+            }
+            Err(e) => warn!("cannot start the launcher ({e}); starting supervisors directly"),
+        }
+    }
+
+    fn launch_event(&mut self, ev: exec::LaunchEvent) {
+        match ev {
+            exec::LaunchEvent::Started { token, pid } => {
+                let Some(run) = self.running.get_mut(&token) else {
+                    return;
+                };
+                run.pid = pid;
+                debug!("[{} {token}] supervisor pid {pid}", run.record.job_name);
+                if self.shutdown.is_some() && self.config.shutdown_kill_runs {
+                    signal_supervisor(pid, nix::sys::signal::Signal::SIGTERM);
+                }
+            }
+            exec::LaunchEvent::Exited { token } => self.finish(&token),
+            exec::LaunchEvent::NotStarted { token, reason } => {
+                let Some(run) = self.running.get(&token) else {
+                    return;
+                };
+                warn!(
+                    "[{} {token}] {reason}; starting its supervisor directly",
+                    run.record.job_name
+                );
+                let dir = run.run_dir.clone();
+                match exec::spawn_supervisor(&self.exe, &dir) {
+                    Ok(child) => {
+                        if let Some(run) = self.running.get_mut(&token) {
+                            run.pid = child.id();
+                        }
+                        self.wait_in_thread(token, child);
+                    }
+                    Err(e) => {
+                        let Some(mut active) = self.running.remove(&token) else {
+                            return;
+                        };
+                        let msg = format!("cannot start the run's supervisor: {e}");
+                        error!("[{} {token}] {msg}", active.record.job_name);
+                        self.scheduler.finished(&token);
+                        active.record.stop_time = Some(crate::time::now());
+                        active.record.exit_code = Some(-1);
+                        active.record.run_data["error"] = json!(msg);
+                        self.unrecorded.push(active.record);
+                    }
+                }
+            }
+            exec::LaunchEvent::Gone { generation } => {
+                if generation == self.launcher_generation && self.launcher.is_some() {
+                    warn!("the launcher has ended; starting a new one");
+                    self.launcher = None;
+                }
             }
         }
     }
@@ -1142,17 +1207,14 @@ impl Daemon {
         let dir = run_dir(&self.config, &job.name, &record.run_id);
         let previous = self.previous_runs(&job.name);
         let spec = self.run_spec(&job, &record, &dir, group.as_deref(), &previous);
-        let spawned = make_dirs(&dir, RUN_DIR_MODE)
-            .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))
-            .and_then(|()| {
-                exec::spawn_supervisor(&self.exe, &dir, &spec, self.spare.take())
-                    .map_err(|e| format!("cannot start the run's supervisor: {e}"))
-            });
-        match spawned {
-            Ok(child) => {
-                let pid = child.id();
+        let started = make_dirs(&dir, RUN_DIR_MODE)
+            .and_then(|()| exec::write_spec(&dir, &spec))
+            .map_err(|e| format!("cannot prepare the run directory {}: {e}", dir.display()))
+            .and_then(|()| self.start_supervisor(&record.run_id, &dir));
+        match started {
+            Ok(pid) => {
                 info!(
-                    "[{} {}] started, pid {pid}{}: {}",
+                    "[{} {}] started{}: {}",
                     job.name,
                     record.run_id,
                     group
@@ -1161,7 +1223,6 @@ impl Daemon {
                         .unwrap_or_default(),
                     shell_words::join(&spec.argv)
                 );
-                self.wait_in_thread(record.run_id.clone(), child);
                 self.running.insert(
                     record.run_id.clone(),
                     ActiveRun {
@@ -1269,6 +1330,25 @@ impl Daemon {
             max_execution: job.max_execution,
             max_execution_grace: job.max_execution_grace,
         }
+    }
+
+    /// Have a supervisor take the run: forked by the launcher (its pid comes
+    /// later, 0 meanwhile), or started directly when there is none.
+    fn start_supervisor(&mut self, run_id: &str, dir: &Path) -> Result<u32, String> {
+        if let Some(launcher) = self.launcher.as_mut() {
+            match launcher.launch(run_id, dir) {
+                Ok(()) => return Ok(0),
+                Err(e) => {
+                    warn!("the launcher cannot take runs ({e}); starting supervisors directly");
+                    self.launcher = None;
+                }
+            }
+        }
+        let child = exec::spawn_supervisor(&self.exe, dir)
+            .map_err(|e| format!("cannot start the run's supervisor: {e}"))?;
+        let pid = child.id();
+        self.wait_in_thread(run_id.to_string(), child);
+        Ok(pid)
     }
 
     fn wait_in_thread(&self, run_id: String, mut child: Child) {

@@ -1,19 +1,21 @@
 //! Executing a run: its environment (SPEC §6.2) and its supervisor process (§6.1).
 //!
 //! The daemon never runs a job's command itself. It writes a [`RunSpec`] into the
-//! run dir and starts a supervisor (this same binary, re-executed with the hidden
-//! `__supervise` subcommand) that starts the command, enforces `max_execution`,
-//! waits, and leaves a [`RunStatus`] in the run dir. Because everything the
+//! run dir and has a supervisor started for it (forked by the [`Launcher`], or
+//! this same binary re-executed with the hidden `__supervise` subcommand) that
+//! starts the command, enforces `max_execution`, waits, and leaves a
+//! [`RunStatus`] in the run dir. Because everything the
 //! supervisor needs and produces lives in the run dir, a run outlives the daemon.
 
 pub mod environment;
+pub mod launcher;
 pub mod supervisor;
 
 pub use environment::{RunContext, build_environment};
+pub use launcher::{LAUNCHER_ARG, LaunchEvent, LaunchSink, Launcher};
 pub use supervisor::{
-    RunSpec, RunStatus, Rusage, SPARE_ARG, SUPERVISE_ARG, Spare, SupervisorState, never_started,
-    probe_supervisor, read_spare_run_dir, read_spec, read_status, spawn_supervisor, supervise,
-    wait_for_supervisor,
+    RunSpec, RunStatus, Rusage, SUPERVISE_ARG, SupervisorState, never_started, probe_supervisor,
+    read_spec, read_status, spawn_supervisor, supervise, wait_for_supervisor, write_spec,
 };
 
 /// Name of the run spec in the run dir (a dot-file: the job's own files stay visible).

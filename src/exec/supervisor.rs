@@ -74,26 +74,16 @@ pub struct RunStatus {
     pub timed_out: bool,
 }
 
-/// Write the spec into the run dir and start a supervisor for it: the `spare`
-/// one when given (already started and waiting, which takes its start-up off the
-/// run's latency), else a new one. The supervisor leads its own process group,
-/// so the daemon's terminal signals (Ctrl-C) do not reach it.
-pub fn spawn_supervisor(
-    exe: &Path,
-    run_dir: &Path,
-    spec: &RunSpec,
-    spare: Option<Spare>,
-) -> std::io::Result<Child> {
+/// Write the spec a run's supervisor reads into the run dir.
+pub fn write_spec(run_dir: &Path, spec: &RunSpec) -> std::io::Result<()> {
     let text = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
-    write_private(&run_dir.join(SPEC_FILE), &text)?;
-    if let Some(spare) = spare {
-        match spare.hand_over(run_dir) {
-            Ok(child) => return Ok(child),
-            Err(e) => {
-                log::debug!("the spare supervisor could not take the run ({e}); starting one")
-            }
-        }
-    }
+    write_private(&run_dir.join(SPEC_FILE), &text)
+}
+
+/// Start a supervisor for a run dir whose spec is written, as a new process of
+/// this binary (the [`super::Launcher`] forks them more cheaply). It leads its
+/// own process group, so the daemon's terminal signals (Ctrl-C) do not reach it.
+pub fn spawn_supervisor(exe: &Path, run_dir: &Path) -> std::io::Result<Child> {
     Command::new(exe)
         .arg(SUPERVISE_ARG)
         .arg(run_dir)
@@ -103,79 +93,8 @@ pub fn spawn_supervisor(
         .spawn()
 }
 
-/// The hidden subcommand that runs a supervisor.
+/// The hidden subcommand that runs a supervisor (or, with `--launcher`, a launcher).
 pub const SUPERVISE_ARG: &str = "__supervise";
-/// In place of a run dir: wait for it on stdin (a spare supervisor).
-pub const SPARE_ARG: &str = "-";
-
-/// A supervisor started ahead of need, blocked reading its run dir from stdin.
-/// Dropping it closes that pipe and it exits without doing anything.
-pub struct Spare {
-    /// Always `Some` until handed over.
-    child: Option<Child>,
-}
-
-impl Spare {
-    /// Start a spare supervisor.
-    pub fn start(exe: &Path) -> std::io::Result<Spare> {
-        let child = Command::new(exe)
-            .arg(SUPERVISE_ARG)
-            .arg(SPARE_ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        Ok(Spare { child: Some(child) })
-    }
-
-    fn hand_over(mut self, run_dir: &Path) -> std::io::Result<Child> {
-        use std::os::unix::ffi::OsStrExt;
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| std::io::Error::other("the spare supervisor is gone"))?;
-        let Some(mut stdin) = child.stdin.take() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::other("no pipe to the spare supervisor"));
-        };
-        let mut line = run_dir.as_os_str().as_bytes().to_vec();
-        line.push(b'\n');
-        let written = stdin.write_all(&line);
-        drop(stdin);
-        match written {
-            Ok(()) => Ok(child),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for Spare {
-    fn drop(&mut self) {
-        // Not handed over: closing its stdin ends it; reap it.
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A spare supervisor's start: read the run dir from stdin; None on EOF (not needed).
-pub fn read_spare_run_dir() -> Option<PathBuf> {
-    use std::io::BufRead;
-    use std::os::unix::ffi::OsStringExt;
-    let mut line = Vec::new();
-    std::io::stdin().lock().read_until(b'\n', &mut line).ok()?;
-    if line.last() != Some(&b'\n') {
-        return None;
-    }
-    line.pop();
-    Some(PathBuf::from(std::ffi::OsString::from_vec(line)))
-}
 
 /// Read the spec the daemon left for a run's supervisor, if any.
 pub fn read_spec(run_dir: &Path) -> Option<RunSpec> {

@@ -1,0 +1,338 @@
+//! The launcher: one small single-threaded process that forks run supervisors.
+//!
+//! Starting a supervisor by executing this binary costs a whole program start
+//! (dynamic loading, relocations, runtime set-up: ~1.2 ms of CPU on the
+//! development machine) for every run, on top of the command's own exec. The
+//! daemon instead starts one launcher (`dsari __supervise --launcher`) and hands
+//! it run dirs over a pipe; the launcher `fork`s, and the child becomes the run's
+//! supervisor ([`super::supervise`]) at the cost of a fork (~0.2 ms). The
+//! daemon itself never forks without exec: it has threads; the launcher has one.
+//!
+//! Nothing about a run changes: the supervisor is the same code, takes the same
+//! lock, leads its own process group and leaves the same status in the run dir,
+//! so a restarted daemon adopts it like any other. The launcher reports each
+//! supervisor's pid and end back to the daemon. When the launcher dies, the
+//! daemon waits for the runs it had started on their locks (as for adopted
+//! runs), starts directly the ones that never got a supervisor, and starts a
+//! new launcher.
+//!
+//! The protocol, one line each way per message:
+//! daemon → launcher: `TOKEN <tab> RUN_DIR`;
+//! launcher → daemon: `S TOKEN PID` (started), `E PID` (supervisor ended),
+//! `F TOKEN REASON` (could not fork).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::supervisor::{SUPERVISE_ARG, never_started, supervise, wait_for_supervisor};
+
+/// `dsari __supervise --launcher` starts a launcher.
+pub const LAUNCHER_ARG: &str = "--launcher";
+
+/// What the daemon hears about the runs it gave the launcher.
+#[derive(Debug)]
+pub enum LaunchEvent {
+    /// The run's supervisor runs with this pid.
+    Started { token: String, pid: u32 },
+    /// The run's supervisor has ended.
+    Exited { token: String },
+    /// No supervisor took the run: start one another way.
+    NotStarted { token: String, reason: String },
+    /// The launcher of this generation is gone; its runs are still reported.
+    Gone { generation: u64 },
+}
+
+/// Where the launcher's events go (the daemon's event channel).
+pub type LaunchSink = Arc<dyn Fn(LaunchEvent) + Send + Sync>;
+
+/// Runs handed to the launcher whose end has not been reported yet.
+#[derive(Default)]
+struct Outstanding {
+    runs: HashMap<String, PathBuf>,
+    /// The launcher is gone: its runs were taken over by the fallback.
+    closed: bool,
+}
+
+fn lock(o: &Mutex<Outstanding>) -> MutexGuard<'_, Outstanding> {
+    o.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The daemon's handle on its launcher. Dropping it closes the pipe, which ends
+/// the launcher (supervisors it started run on).
+pub struct Launcher {
+    stdin: ChildStdin,
+    pid: u32,
+    outstanding: Arc<Mutex<Outstanding>>,
+}
+
+impl Launcher {
+    /// Start a launcher; its events go to `sink`, tagged `generation` when it ends.
+    pub fn start(exe: &Path, generation: u64, sink: LaunchSink) -> std::io::Result<Launcher> {
+        let mut child = Command::new(exe)
+            .arg(SUPERVISE_ARG)
+            .arg(LAUNCHER_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("no pipes to the launcher"));
+        };
+        let pid = child.id();
+        let outstanding = Arc::new(Mutex::new(Outstanding::default()));
+        let shared = outstanding.clone();
+        std::thread::Builder::new()
+            .name("launcher".into())
+            .stack_size(128 * 1024)
+            .spawn(move || read_events(child, stdout, &shared, generation, &sink))?;
+        Ok(Launcher {
+            stdin,
+            pid,
+            outstanding,
+        })
+    }
+
+    /// The launcher's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Hand a run (its spec already in `run_dir`) to the launcher. An error means
+    /// no supervisor will take it from here: start one another way.
+    pub fn launch(&mut self, token: &str, run_dir: &Path) -> std::io::Result<()> {
+        let dir = run_dir.as_os_str().as_bytes();
+        if token.is_empty() || token.contains(char::is_whitespace) || dir.contains(&b'\n') {
+            return Err(std::io::Error::other(
+                "run id or run dir cannot be passed on a line",
+            ));
+        }
+        {
+            let mut o = lock(&self.outstanding);
+            if o.closed {
+                return Err(std::io::Error::other("the launcher has ended"));
+            }
+            o.runs.insert(token.to_string(), run_dir.to_path_buf());
+        }
+        let mut line = Vec::with_capacity(token.len() + dir.len() + 2);
+        line.extend_from_slice(token.as_bytes());
+        line.push(b'\t');
+        line.extend_from_slice(dir);
+        line.push(b'\n');
+        match self.stdin.write_all(&line) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Unless the fallback already took the run over, it is ours to start.
+                let mut o = lock(&self.outstanding);
+                if o.runs.remove(token).is_some() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The daemon's side: turn the launcher's lines into events until it ends, then
+/// look after what it left.
+fn read_events(
+    mut child: Child,
+    stdout: ChildStdout,
+    outstanding: &Mutex<Outstanding>,
+    generation: u64,
+    sink: &LaunchSink,
+) {
+    let mut pids: HashMap<u32, String> = HashMap::new();
+    for line in BufReader::new(stdout).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        let mut parts = line.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("S"), Some(token), Some(pid)) => {
+                if let Ok(pid) = pid.parse::<u32>() {
+                    pids.insert(pid, token.to_string());
+                    sink(LaunchEvent::Started {
+                        token: token.to_string(),
+                        pid,
+                    });
+                }
+            }
+            (Some("E"), Some(pid), None) => {
+                let token = pid.parse::<u32>().ok().and_then(|p| pids.remove(&p));
+                if let Some(token) = token {
+                    lock(outstanding).runs.remove(&token);
+                    sink(LaunchEvent::Exited { token });
+                }
+            }
+            (Some("F"), Some(token), reason) => {
+                lock(outstanding).runs.remove(token);
+                sink(LaunchEvent::NotStarted {
+                    token: token.to_string(),
+                    reason: reason.unwrap_or("cannot fork").to_string(),
+                });
+            }
+            _ => log::warn!("the launcher said something unexpected: {line:?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let left = {
+        let mut o = lock(outstanding);
+        o.closed = true;
+        std::mem::take(&mut o.runs)
+    };
+    if !left.is_empty() {
+        log::warn!(
+            "the launcher (pid {}) ended while runs it had started were going ({}); following them through their run dirs' locks",
+            child.id(),
+            left.len()
+        );
+    }
+    for (token, dir) in left {
+        let sink = sink.clone();
+        // A supervisor the launcher forked takes the run dir's lock at once;
+        // without one, no supervisor has the run.
+        let spawned = std::thread::Builder::new()
+            .name("run-waiter".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if never_started(&dir) {
+                    sink(LaunchEvent::NotStarted {
+                        token,
+                        reason: "the launcher ended before a supervisor took the run".into(),
+                    });
+                } else {
+                    wait_for_supervisor(&dir);
+                    sink(LaunchEvent::Exited { token });
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread to wait for a run: {e}");
+        }
+    }
+    sink(LaunchEvent::Gone { generation });
+}
+
+/// The launcher process's main: serve the daemon until it closes the pipe.
+/// Single-threaded on purpose: it forks, and the child goes on to supervise.
+pub fn serve() -> i32 {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    if let Err(e) = chld.thread_block() {
+        eprintln!("dsari launcher: cannot block SIGCHLD: {e}");
+        return 2;
+    }
+    let sfd = match SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dsari launcher: cannot watch its children: {e}");
+            return 2;
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (input, ended) = {
+            let mut fds = [
+                PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("dsari launcher: poll: {e}");
+                    return 2;
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if ended {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            if reap(&mut out).is_err() {
+                return 0;
+            }
+        }
+        if input {
+            match nix::unistd::read(stdin.as_fd(), &mut chunk) {
+                Ok(0) => return 0,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => return 0,
+            }
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let reply = start_supervisor(&line[..line.len() - 1]);
+                if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+/// Report every supervisor that has ended (reaping it).
+fn reap(out: &mut impl Write) -> std::io::Result<()> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    writeln!(out, "E {pid}")?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+}
+
+/// Fork the supervisor of one `TOKEN <tab> RUN_DIR` request; the reply line.
+fn start_supervisor(request: &[u8]) -> String {
+    use nix::unistd::{ForkResult, fork};
+    let Some(tab) = request.iter().position(|&b| b == b'\t') else {
+        return format!("F ? malformed request {:?}", String::from_utf8_lossy(request));
+    };
+    let token = String::from_utf8_lossy(&request[..tab]).into_owned();
+    let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[tab + 1..]));
+    // SAFETY: this process has a single thread (see `serve`), so the child may
+    // run any code, allocation included.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => std::process::exit(become_supervisor(&run_dir)),
+        Ok(ForkResult::Parent { child }) => format!("S {token} {child}"),
+        Err(e) => format!("F {token} cannot fork: {e}"),
+    }
+}
+
+/// In the forked child: drop the launcher's pipes and signal mask, lead a
+/// process group of its own (as an executed supervisor would), supervise.
+fn become_supervisor(run_dir: &Path) -> i32 {
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        // The daemon must see the launcher's stdout close when the launcher
+        // ends, so no supervisor may keep a copy of either pipe.
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    supervise(run_dir)
+}
