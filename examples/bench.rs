@@ -77,7 +77,10 @@ fn parse_opts() -> Opts {
                     .map(str::to_string)
                     .collect();
                 if let Some(bad) = list.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-                    die(&format!("--only: no section {bad:?}; they are {}", SECTIONS.join(",")));
+                    die(&format!(
+                        "--only: no section {bad:?}; they are {}",
+                        SECTIONS.join(",")
+                    ));
                 }
                 o.only = Some(list);
             }
@@ -175,7 +178,11 @@ fn main() {
             "s",
             vec![first_s],
         );
-        add("  restart (trigger dirs exist), to READY", "s", vec![start_s]);
+        add(
+            "  restart (trigger dirs exist), to READY",
+            "s",
+            vec![start_s],
+        );
         add("  idle RSS", "MB", vec![rss10k]);
         add(
             &format!("  CPU over {} s idle", opts.idle_secs),
@@ -481,7 +488,10 @@ fn wait_overhead(dsari: &Path, n: usize) -> Vec<f64> {
             .unwrap_or_else(|e| die(&format!("dsari trigger: {e}")));
         let wall = t0.elapsed().as_secs_f64();
         if !result.status.success() {
-            die(&format!("dsari trigger --wait exited with {}", result.status));
+            die(&format!(
+                "dsari trigger --wait exited with {}",
+                result.status
+            ));
         }
         let own: f64 = db
             .query_row(
@@ -571,7 +581,10 @@ fn recovery(dsari: &Path, n: usize) -> f64 {
         ));
     }
     // Stop the slow runs through their supervisors (pid in the lock file).
-    for entry in fs::read_dir(env.data.join("runs/slow")).into_iter().flatten() {
+    for entry in fs::read_dir(env.data.join("runs/slow"))
+        .into_iter()
+        .flatten()
+    {
         let lock = entry.map(|e| e.path().join(".dsari-lock"));
         if let Some(pid) = lock
             .ok()

@@ -488,7 +488,8 @@ fn runs_survive_the_launcher_being_killed() {
         env.log().contains("the launcher has ended")
     });
     assert!(
-        env.log().contains("following them through their run dirs' locks"),
+        env.log()
+            .contains("following them through their run dirs' locks"),
         "the log must say how the launcher's runs are followed:\n{}",
         env.log()
     );
@@ -498,7 +499,11 @@ fn runs_survive_the_launcher_being_killed() {
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0].run_id, running.run_id);
     assert_eq!(runs[0].exit_code, 7, "the run's true exit code");
-    assert!(runs[0].run_data.get("lost").is_none(), "{}", runs[0].run_data);
+    assert!(
+        runs[0].run_data.get("lost").is_none(),
+        "{}",
+        runs[0].run_data
+    );
     assert_eq!(env.output(&runs[0]), "started\nreleased\n");
     daemon.assert_alive(&env);
 }

@@ -13,6 +13,14 @@
 //! up as a modification in the database's directory; in rollback-journal mode
 //! the database file itself is written. Both are caught by watching the
 //! database's directory for modifications.
+//!
+//! Closing an inotify instance that has watches waits for the kernel to retire
+//! them (an SRCU grace period: 5–25 ms here, measured), and a process's exit
+//! closes its files before its parent learns of the exit. That wait alone was
+//! most of what `dsari trigger --wait` added to a short run. So the instance is
+//! shared with a tiny child process made right after it ([`hold_in_child`]):
+//! our exit only drops a reference, and the child, which ends when we do,
+//! pays for the retirement where nobody waits for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -47,6 +55,7 @@ impl Wake {
     pub fn new() -> Wake {
         let (tx, rx) = channel();
         let watches = Inotify::init().ok().and_then(|mut inotify| {
+            hold_in_child(&inotify);
             let watches = inotify.watches();
             std::thread::Builder::new()
                 .name("inotify".into())
@@ -117,6 +126,48 @@ impl Wake {
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
         }
         while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Fork a child that keeps a copy of the inotify descriptor until this process
+/// ends (it blocks reading a pipe whose write end only we hold). It keeps no
+/// other descriptor, so it never holds our stdout open for a reader such as
+/// `$(dsari trigger --wait ...)`. The child calls only async-signal-safe
+/// functions, which makes the fork safe even with other threads about.
+/// On any failure nothing is lost but the speed-up.
+fn hold_in_child(inotify: &Inotify) {
+    use nix::libc;
+    use nix::unistd::{ForkResult, fork, pipe};
+    use std::os::fd::AsRawFd;
+    let Ok((read_end, write_end)) = pipe() else {
+        return;
+    };
+    let keep_fd = inotify.as_raw_fd();
+    let read_fd = read_end.as_raw_fd();
+    // SAFETY: the child only calls close, read and _exit (async-signal-safe).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => unsafe {
+            let mut fd = 0;
+            while fd < 1024 {
+                if fd != keep_fd && fd != read_fd {
+                    libc::close(fd);
+                }
+                fd += 1;
+            }
+            let mut byte = 0u8;
+            while libc::read(read_fd, (&raw mut byte).cast(), 1) < 0 {}
+            libc::_exit(0);
+        },
+        Ok(ForkResult::Parent { .. }) => {
+            drop(read_end);
+            // Held (close-on-exec) until this process ends; the child sees EOF then.
+            let _ = nix::fcntl::fcntl(
+                &write_end,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            std::mem::forget(write_end);
+        }
+        Err(_) => {}
     }
 }
 

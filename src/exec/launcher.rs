@@ -306,7 +306,10 @@ fn reap(out: &mut impl Write) -> std::io::Result<()> {
 fn start_supervisor(request: &[u8]) -> String {
     use nix::unistd::{ForkResult, fork};
     let Some(tab) = request.iter().position(|&b| b == b'\t') else {
-        return format!("F ? malformed request {:?}", String::from_utf8_lossy(request));
+        return format!(
+            "F ? malformed request {:?}",
+            String::from_utf8_lossy(request)
+        );
     };
     let token = String::from_utf8_lossy(&request[..tab]).into_owned();
     let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[tab + 1..]));
