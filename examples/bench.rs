@@ -543,7 +543,7 @@ fn start_until_ready(env: &mut Env, dsari: &Path) -> f64 {
 fn recovery(dsari: &Path, n: usize) -> f64 {
     let (quick, slow) = (n / 2, n - n / 2);
     let mut env = Env::new(json!({"jobs": {
-        "quick": {"command": ["/bin/sleep", "1"], "concurrent_runs": true},
+        "quick": {"command": ["/bin/sleep", "3"], "concurrent_runs": true},
         "slow": {"command": ["/bin/sleep", "120"], "concurrent_runs": true},
     }}));
     env.start(dsari, &["quick".to_string(), "slow".to_string()]);
@@ -559,7 +559,28 @@ fn recovery(dsari: &Path, n: usize) -> f64 {
         let job = if i < quick { "quick" } else { "slow" };
         env.drop_trigger(job, &format!("r{i}.json"), "");
     }
-    wait(Duration::from_secs(60), || count("runs_running") == n);
+    wait(Duration::from_secs(60), || {
+        let (r, d) = (count("runs_running"), count("runs"));
+        if d > 0 {
+            die(&format!(
+                "{d} runs ended before all {n} were running ({r} running): is the machine that slow?"
+            ));
+        }
+        r == n
+    });
+    // Recorded as running comes just before the supervisor starts: wait for all.
+    let locked = |job: &str| -> usize {
+        fs::read_dir(env.data.join("runs").join(job))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.path().join(".dsari-lock").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait(Duration::from_secs(60), || {
+        locked("quick") + locked("slow") == n
+    });
     if let Some(mut daemon) = env.daemon.take() {
         let _ = daemon.kill();
         let _ = daemon.wait();

@@ -337,5 +337,7 @@ fn become_supervisor(run_dir: &Path) -> i32 {
         let _ = nix::unistd::dup2_stdout(&null);
     }
     let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    // Its command line stays the launcher's; its name (top, pgrep) says what it is.
+    let _ = nix::sys::prctl::set_name(c"dsari-supervise");
     supervise(run_dir)
 }
