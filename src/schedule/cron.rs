@@ -15,7 +15,7 @@
 //! It never panics on input: every field is checked before croner sees it,
 //! and croner's own errors become [`ScheduleError`]s.
 
-use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeDelta};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -57,10 +57,10 @@ const DST_STEP_LIMIT: usize = 2 * 24 * 60;
 /// A parsed cron schedule.
 #[derive(Debug, Clone)]
 pub(crate) struct CronSchedule {
-    /// The croner pattern that matches wall-clock times (explicit lists only).
-    /// Kept as text and parsed when a time is computed: a parsed `Cron` holds
-    /// about 10 KB (its year field), 100 MB for 10,000 jobs, while a parse
-    /// costs about 25 µs, paid once per run start.
+    /// The croner pattern that matches wall-clock times (explicit lists only),
+    /// without its year field. Kept as text and parsed, with a window of years
+    /// ([`parse_window`]), when a time is computed: that parse costs ~2 µs and
+    /// a parsed `Cron` would keep memory per job for nothing between runs.
     pattern: String,
     /// croniter's `"*" in expanded[HOUR]`: decides what a time in a
     /// daylight-saving gap does.
@@ -88,11 +88,10 @@ impl CronSchedule {
         }
         let expanded = Expanded::from_texts(&texts, &fields)?;
         let pattern = expanded.croner_pattern();
-        let cron = croner_parser()
-            .parse(&pattern)
-            .map_err(|err| ScheduleError::Unsupported {
+        let cron =
+            parse_window(&pattern, EVER_FROM).map_err(|reason| ScheduleError::Unsupported {
                 expr: expr.to_string(),
-                reason: err.to_string(),
+                reason,
             })?;
         let schedule = CronSchedule {
             pattern,
@@ -111,8 +110,10 @@ impl CronSchedule {
     /// (epoch microseconds), or `None` past the end of time.
     pub(crate) fn next_after(&self, zone: Zone, now_us: i64) -> Option<i64> {
         // The pattern parsed at `parse`, so this cannot fail.
-        let cron: Cron = croner_parser().parse(&self.pattern).ok()?;
-        let mut due = self.croniter_next(&cron, zone, now_us)?;
+        let year = zone.wall(now_us.div_euclid(MICROS))?.year();
+        let cron = parse_window(&self.pattern, year.checked_sub(1)?).ok()?;
+        let cron = &cron;
+        let mut due = self.croniter_next(cron, zone, now_us)?;
         if self.fixed_time {
             // croniter also runs a fixed time on its second instant when the
             // clock goes back; SPEC §5.3 runs it once, at the first.
@@ -122,7 +123,7 @@ impl CronSchedule {
                 if steps > DST_STEP_LIMIT {
                     return None;
                 }
-                due = self.croniter_next(&cron, zone, due.checked_mul(MICROS)?)?;
+                due = self.croniter_next(cron, zone, due.checked_mul(MICROS)?)?;
             }
         }
         Some(due)
@@ -213,18 +214,44 @@ fn is_second_instant(zone: Zone, t: i64) -> Option<bool> {
     Some(matches!(zone.resolve(wall), Resolved::Ambiguous(_, second) if second == t))
 }
 
-/// Whether any date matches: the search runs from 2000 until croner's year
-/// limit, which a possible pattern never reaches (its period is at most 28 years).
+/// Whether any date matches: the search runs from [`EVER_FROM`] through the
+/// window, longer than any pattern's period (at most 28 years: 29 February on
+/// a given weekday).
 fn ever_matches(cron: &Cron) -> bool {
-    NaiveDate::from_ymd_opt(2000, 1, 1)
+    NaiveDate::from_ymd_opt(EVER_FROM, 1, 1)
         .and_then(|date| date.and_hms_opt(0, 0, 0))
         .is_some_and(|start| cron.find_next_occurrence(&start, false).is_ok())
+}
+
+/// Where [`ever_matches`] starts looking.
+const EVER_FROM: i32 = 2000;
+
+/// Years in a parsed pattern's window: more than a pattern's longest period
+/// (28 years), with room for the daylight-saving steps of one computation.
+const WINDOW_YEARS: i32 = 40;
+
+/// The last year croner handles.
+const LAST_YEAR: i32 = 9999;
+
+/// Parse a pattern for the years `first..first + WINDOW_YEARS`. croner's own
+/// "every year" sets 10,000 bits one at a time (90% of a parse, 10 KB per
+/// parsed pattern); a window holds every answer a computation from `first + 1`
+/// can give, and costs a fortieth of that.
+fn parse_window(pattern: &str, first: i32) -> Result<Cron, String> {
+    let first = first.max(1);
+    if first > LAST_YEAR {
+        return Err("past the last year a schedule can reach".into());
+    }
+    let last = first.saturating_add(WINDOW_YEARS).min(LAST_YEAR);
+    croner_parser()
+        .parse(&format!("{pattern} {first}-{last}"))
+        .map_err(|e| e.to_string())
 }
 
 fn croner_parser() -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Required)
-        .year(Year::Disallowed)
+        .year(Year::Required)
         .sloppy_ranges(true)
         .build()
 }
