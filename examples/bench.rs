@@ -610,7 +610,9 @@ fn recovery(dsari: &Path, n: usize) -> f64 {
         if let Some(pid) = lock
             .ok()
             .and_then(|l| fs::read_to_string(l).ok())
-            .and_then(|t| t.trim().parse::<i32>().ok())
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.get("pid")?.as_i64())
+            .and_then(|p| i32::try_from(p).ok())
             .filter(|p| *p > 0)
         {
             let _ = nix::sys::signal::kill(

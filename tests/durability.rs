@@ -132,17 +132,21 @@ fn settled(env: &TestEnv, job: &str) -> bool {
         && try_pending(env).is_ok_and(|p| p.is_empty())
 }
 
-/// The supervisor's pid, as it wrote it into `.dsari-lock`.
+/// The supervisor's pid, as it wrote it into `.dsari-lock` (`{"pid": N}`).
 fn supervisor_pid(env: &TestEnv, job: &str, run_id: &str) -> i32 {
     let lock = env.run_dir(job, run_id).join(".dsari-lock");
     let text = fs::read_to_string(&lock)
         .unwrap_or_else(|e| env.fail(&format!("cannot read {}: {e}", lock.display())));
-    text.trim().parse().unwrap_or_else(|e| {
-        env.fail(&format!(
-            "{} does not hold a pid ({e}): {text:?}",
-            lock.display()
-        ))
-    })
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("pid")?.as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or_else(|| {
+            env.fail(&format!(
+                "{} does not hold {{\"pid\": N}}: {text:?}",
+                lock.display()
+            ))
+        })
 }
 
 /// The supervisor's status file, once it is there and parses.

@@ -1152,12 +1152,18 @@ impl Daemon {
         self.obsolete.clear();
         for (st, record) in starts.into_iter().zip(records) {
             fault_point("started");
-            self.remove_claimed(&record.run_id);
+            let (run_id, job_name, start_time) = (
+                record.run_id.clone(),
+                record.job_name.clone(),
+                record.start_time,
+            );
+            self.spawn(record, st.group);
+            // Only now: the run's start is recorded, and its command is not kept waiting.
+            self.remove_claimed(&run_id);
             if st.respawn {
                 // SPEC §5.4: the next time counts from this start, not from when it was due.
-                self.schedule_next(&record.job_name, record.start_time);
+                self.schedule_next(&job_name, start_time);
             }
-            self.spawn(record, st.group);
         }
         true
     }

@@ -22,9 +22,12 @@ pub use supervisor::{
 pub const SPEC_FILE: &str = ".dsari-run.json";
 /// Name of the status the supervisor leaves in the run dir.
 pub const STATUS_FILE: &str = ".dsari-status.json";
-/// Held locked (flock) by the supervisor for as long as it lives, with its pid inside:
-/// a restarted daemon tells a live supervisor from a dead one by trying the lock,
-/// which also guards against pid reuse, and learns of its end by waiting on it.
+/// Held locked (flock) by the supervisor for as long as it lives, with its pid
+/// inside (`{"pid": N}`): a restarted daemon tells a live supervisor from a dead
+/// one by trying the lock, which also guards against pid reuse, and learns of
+/// its end by waiting on it. At the end the supervisor writes the status into
+/// this same file (its blocks were reserved at the start) and renames it to
+/// [`STATUS_FILE`], still locked until it exits.
 pub const LOCK_FILE: &str = ".dsari-lock";
 /// The run's output, stdout and stderr interleaved.
 pub const OUTPUT_FILE: &str = "output.txt";

@@ -72,6 +72,16 @@ pub struct RunStatus {
     /// Set when `max_execution` stopped the run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timed_out: bool,
+    /// The supervisor's pid (the status is written over its lock file, whose
+    /// readers look for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// What the lock file holds while the supervisor runs.
+#[derive(Serialize, Deserialize)]
+struct LockContent {
+    pid: u32,
 }
 
 /// Write the spec a run's supervisor reads into the run dir.
@@ -125,21 +135,26 @@ pub fn probe_supervisor(run_dir: &Path) -> SupervisorState {
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
         Ok(_) => SupervisorState::Gone,
         Err((file, _)) => {
-            let pid = std::io::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok());
+            let pid = std::io::read_to_string(&file).ok().and_then(|t| {
+                serde_json::from_str::<LockContent>(&t)
+                    .map(|c| c.pid)
+                    .ok()
+                    .or_else(|| t.trim().parse().ok())
+            });
             SupervisorState::Alive(pid)
         }
     }
 }
 
-/// Did this run's supervisor never start? True when it has no lock file: no
-/// spec (never handed to a supervisor), or a spec but still no lock a second
-/// later (a supervisor handed the run just before a crash takes its lock
-/// within milliseconds). Then the command never ran and may run again.
+/// Did this run's supervisor never start? True when it has neither a lock
+/// file nor a status: no spec (never handed to a supervisor), or a spec but
+/// still no lock a second later (a supervisor handed the run just before a
+/// crash takes its lock within milliseconds). Then the command never ran and
+/// may run again.
 pub fn never_started(run_dir: &Path) -> bool {
-    let lock = run_dir.join(LOCK_FILE);
-    if lock.exists() {
+    let (lock, status) = (run_dir.join(LOCK_FILE), run_dir.join(STATUS_FILE));
+    let seen = || lock.exists() || status.exists();
+    if seen() {
         return false;
     }
     if !run_dir.join(SPEC_FILE).exists() {
@@ -148,7 +163,7 @@ pub fn never_started(run_dir: &Path) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
-        if lock.exists() {
+        if seen() {
             return false;
         }
     }
@@ -162,13 +177,23 @@ pub fn wait_for_supervisor(run_dir: &Path) {
     }
 }
 
-/// Take the run dir's lock for the supervisor's lifetime (the fd is close-on-exec,
-/// so the command does not inherit it).
+/// The supervisor's lock on its run dir, held for its lifetime (the fd is
+/// close-on-exec, so the command does not inherit it).
+struct Lock {
+    file: nix::fcntl::Flock<File>,
+    /// The file's blocks hold [`STATUS_RESERVE`] bytes, for the status.
+    reserved: bool,
+}
+
+/// Take the run dir's lock, reserving room for the status in the same file.
 ///
 /// The lock file appears under its name only once it is locked (it is locked
 /// under a temporary name, then renamed): a daemon that finds `.dsari-lock`
 /// unlocked knows the supervisor has ended, never that it is about to lock.
-fn hold_lock(run_dir: &Path) -> Option<nix::fcntl::Flock<File>> {
+/// Its blocks are written before the command starts, so that when the run
+/// fills the disk its exit status can still be written (JSON allows the
+/// trailing spaces).
+fn hold_lock(run_dir: &Path) -> Option<Lock> {
     let tmp = run_dir.join(format!("{LOCK_FILE}.{}", std::process::id()));
     let mut file = OpenOptions::new()
         .read(true)
@@ -178,15 +203,31 @@ fn hold_lock(run_dir: &Path) -> Option<nix::fcntl::Flock<File>> {
         .mode(0o600)
         .open(&tmp)
         .ok()?;
-    let _ = write!(file, "{}", std::process::id());
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()?;
+    let mut content = serde_json::to_vec(&LockContent {
+        pid: std::process::id(),
+    })
+    .ok()?;
+    let short = content.len();
+    content.resize(STATUS_RESERVE.max(short), b' ');
+    let reserved = match file.write_all(&content) {
+        Ok(()) => true,
+        // A full disk: the pid alone, if it fits; the status will need room later.
+        Err(_) => {
+            use std::io::{Seek, SeekFrom};
+            let _ = file.set_len(0);
+            let _ = file.seek(SeekFrom::Start(0));
+            let _ = file.write_all(&content[..short]);
+            false
+        }
+    };
+    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()?;
     std::fs::rename(&tmp, run_dir.join(LOCK_FILE)).ok()?;
-    Some(lock)
+    Some(Lock { file, reserved })
 }
 
 /// The supervisor's main: returns the supervisor's own exit code (0 once a status is written).
 pub fn supervise(run_dir: &Path) -> i32 {
-    let _lock = hold_lock(run_dir);
+    let mut lock = hold_lock(run_dir);
     let spec: RunSpec = match std::fs::read(run_dir.join(SPEC_FILE))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -200,9 +241,9 @@ pub fn supervise(run_dir: &Path) -> i32 {
             return 2;
         }
     };
-    let reserved = reserve_status(run_dir);
-    let status = run(&spec, run_dir);
-    match write_status(run_dir, reserved, &status) {
+    let mut status = run(&spec, run_dir);
+    status.pid = Some(std::process::id());
+    match write_status(run_dir, lock.as_mut(), &status) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!(
@@ -318,6 +359,7 @@ fn failed_to_start(output: Option<File>, code: i64, msg: String) -> RunStatus {
         rusage: None,
         error: Some(msg),
         timed_out: false,
+        pid: None,
     }
 }
 
@@ -360,6 +402,7 @@ fn wait_for(mut child: Child, spec: &RunSpec) -> RunStatus {
         rusage: children_rusage(),
         error: None,
         timed_out,
+        pid: None,
     }
 }
 
@@ -409,40 +452,28 @@ fn children_rusage() -> Option<Rusage> {
     })
 }
 
-/// Room reserved for the status before the command starts: when the run fills
-/// the disk, its exit status can still be written (JSON allows the trailing spaces).
+/// Room reserved (in the lock file) for the status before the command starts.
 const STATUS_RESERVE: usize = 4096;
 
-/// Reserve the status file's blocks (written with spaces) before the run starts.
-fn reserve_status(run_dir: &Path) -> Option<File> {
-    let tmp = run_dir.join(format!("{STATUS_FILE}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .ok()?;
-    f.write_all(&[b' '; STATUS_RESERVE]).ok()?;
-    Some(f)
-}
-
-/// Write the status into the reserved file (overwriting, never growing it
-/// unless the status is larger than the reserve), then rename it into place.
-fn write_status(run_dir: &Path, reserved: Option<File>, status: &RunStatus) -> std::io::Result<()> {
+/// Write the status: over the reserved lock file (never growing it unless the
+/// status is larger than the reserve), which is then renamed to the status
+/// file; without a reserve, through a temporary file.
+fn write_status(
+    run_dir: &Path,
+    lock: Option<&mut Lock>,
+    status: &RunStatus,
+) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut text = serde_json::to_vec(status).map_err(std::io::Error::other)?;
-    let tmp = run_dir.join(format!("{STATUS_FILE}.tmp"));
-    match reserved {
-        Some(mut f) => {
-            if text.len() < STATUS_RESERVE {
-                text.resize(STATUS_RESERVE, b' ');
-            }
-            f.seek(SeekFrom::Start(0))?;
-            f.write_all(&text)?;
-        }
-        None => write_private(&tmp, &text)?,
+    if let Some(lock) = lock.filter(|l| l.reserved && text.len() <= STATUS_RESERVE) {
+        text.resize(STATUS_RESERVE, b' ');
+        let file: &mut File = &mut lock.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&text)?;
+        return std::fs::rename(run_dir.join(LOCK_FILE), run_dir.join(STATUS_FILE));
     }
+    let tmp = run_dir.join(format!("{STATUS_FILE}.tmp"));
+    write_private(&tmp, &text)?;
     std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
 }
 
