@@ -229,6 +229,8 @@ fn main() {
         );
     }
 
+    SPENT.lock().unwrap_or_else(|p| p.into_inner()).clear();
+
     if let Some(path) = opts.json_out {
         let rows: Vec<Value> = results
             .iter()
@@ -332,7 +334,8 @@ fn now() -> f64 {
 
 /// A temporary config + data dir and a running daemon; killed on drop.
 struct Env {
-    _dir: tempfile::TempDir,
+    /// `None` once handed to [`SPENT`].
+    dir: Option<tempfile::TempDir>,
     data: PathBuf,
     etc: PathBuf,
     daemon: Option<Child>,
@@ -349,7 +352,7 @@ impl Env {
         fs::write(etc.join("dsari.json"), config.to_string())
             .unwrap_or_else(|e| die(&e.to_string()));
         Env {
-            _dir: dir,
+            dir: Some(dir),
             data,
             etc,
             daemon: None,
@@ -400,8 +403,17 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = self.dir.take() {
+            SPENT.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
+        }
     }
 }
+
+/// Temporary dirs of finished sections, removed only when the bench ends. On a
+/// file system without a journal (ext4 here), deleting thousands of files makes
+/// inode allocation slow for the next 30 s (the kernel skips recently deleted
+/// inodes), which would charge one section's clean-up to the next one's figures.
+static SPENT: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
 
 impl Env {
     /// SIGTERM to the daemon and wait for it to end (SIGKILL after 10 s).

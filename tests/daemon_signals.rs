@@ -252,6 +252,50 @@ fn idle_daemon_exits_zero_on_sigterm() {
 }
 
 #[test]
+fn periodic_safety_rescan_finds_what_inotify_did_not_report() {
+    let env = TestEnv::new(config(json!({})));
+    // Debug builds only: a safety rescan every 0.2 s instead of every minute.
+    let mut daemon = env.start_daemon_with(&["--debug"], &[("DSARI_TEST_RESCAN_INTERVAL", "0.2")]);
+    quick_run(&env, "warmup");
+    let dir = env.trigger_dir("quick");
+    for marker in ["linked1", "linked2"] {
+        // An old mtime: rescans read the directory once, then skip it while
+        // its mtime stays the same.
+        filetime::set_file_mtime(&dir, filetime_of(now_epoch() - 60.0)).unwrap();
+        let before = env.log_len();
+        env.wait_until("a safety rescan that finds the directory unchanged", || {
+            env.log_since(before).lines().any(|l| {
+                l.split("safety rescan: ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        });
+        // A hard link makes no close-after-write and no moved-in event; only
+        // a rescan finds it. It changes the directory's mtime.
+        let staging = env.data_dir.join(format!("{marker}.json"));
+        fs::write(
+            &staging,
+            format!(r#"{{"marker": "{marker}", "environment": {{"MARK": "{marker}"}}}}"#),
+        )
+        .unwrap();
+        fs::hard_link(&staging, dir.join(format!("{marker}.json"))).unwrap();
+        let run = env.wait_for(
+            &format!("the run of the hard-linked trigger {marker}"),
+            || {
+                env.try_runs()
+                    .ok()?
+                    .into_iter()
+                    .find(|r| r.marker() == Some(marker))
+            },
+        );
+        assert_eq!(env.output(&run), format!("quick {marker}\n"));
+    }
+    daemon.assert_alive(&env);
+}
+
+#[test]
 fn sigusr1_rescans_trigger_directories() {
     let env = TestEnv::new(config(json!({})));
     let mut daemon = env.start_daemon();

@@ -31,6 +31,12 @@ use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 /// The slow re-check that makes a lost hint cost at most this much latency.
 pub const FALLBACK: Duration = Duration::from_secs(1);
 
+/// After a hint, the next re-read comes at most this much later even without
+/// another hint: SQLite writes a transaction to the `-wal` file (the event)
+/// before it publishes the commit in shared memory (no event), so a read right
+/// at the hint can still miss it.
+pub const SETTLE: Duration = Duration::from_millis(10);
+
 /// What a directory is watched for.
 pub const DIR_CHANGES: WatchMask = WatchMask::MODIFY
     .union(WatchMask::CLOSE_WRITE)
@@ -47,6 +53,8 @@ pub struct Wake {
     watches: Option<Watches>,
     rx: Receiver<()>,
     watched: Vec<(PathBuf, WatchDescriptor)>,
+    /// The last wait ended with a hint: the next one is at most [`SETTLE`].
+    settle: std::cell::Cell<bool>,
 }
 
 impl Wake {
@@ -81,6 +89,7 @@ impl Wake {
             watches,
             rx,
             watched: Vec::new(),
+            settle: std::cell::Cell::new(false),
         }
     }
 
@@ -112,18 +121,22 @@ impl Wake {
         }
     }
 
-    /// Block until a hint arrives, `limit` passes or [`FALLBACK`] passes,
-    /// whichever is first; then swallow the hints that came meanwhile (one
-    /// re-read covers them all).
+    /// Block until a hint arrives, `limit` passes or [`FALLBACK`] passes
+    /// ([`SETTLE`] right after a hint), whichever is first; then swallow the
+    /// hints that came meanwhile (one re-read covers them all).
     pub fn wait(&self, limit: Option<Instant>) {
-        let mut timeout = FALLBACK;
+        let mut timeout = if self.settle.get() { SETTLE } else { FALLBACK };
         if let Some(at) = limit {
             timeout = timeout.min(at.saturating_duration_since(Instant::now()));
         }
         match self.rx.recv_timeout(timeout) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) => self.settle.set(true),
+            Err(RecvTimeoutError::Timeout) => self.settle.set(false),
             // No watcher thread: the timeout is all there is.
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.settle.set(false);
+                std::thread::sleep(timeout)
+            }
         }
         while self.rx.try_recv().is_ok() {}
     }

@@ -49,6 +49,23 @@ pub enum Event {
     Launch(exec::LaunchEvent),
 }
 
+/// Seconds between safety rescans: [`RESCAN_INTERVAL`]; debug builds take
+/// `DSARI_TEST_RESCAN_INTERVAL` (tests cannot wait a minute).
+fn rescan_interval() -> f64 {
+    #[cfg(debug_assertions)]
+    if let Some(s) = std::env::var("DSARI_TEST_RESCAN_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+    {
+        return s;
+    }
+    RESCAN_INTERVAL
+}
+
+/// Jobs whose PREVIOUS_* runs are kept in memory at most.
+const PREVIOUS_CACHE: usize = 512;
+
 /// Run the daemon until it is told to stop; returns the process exit code.
 pub fn run(opts: Options) -> anyhow::Result<i32> {
     let loaded = config::load(&opts.config_dir).map_err(|e| {
@@ -76,6 +93,14 @@ struct ActiveRun {
     pid: u32,
 }
 
+/// A watched job trigger dir, and what the periodic rescan last found there.
+struct JobWatch {
+    wd: WatchDescriptor,
+    /// The dir's mtime (ns) when it was last read, if it was then old enough
+    /// to trust: an unchanged mtime means unchanged entries.
+    settled_mtime: Option<i128>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum WatchTarget {
     Root,
@@ -96,7 +121,7 @@ struct Daemon {
     rx: Receiver<Event>,
     watcher: Option<Watcher>,
     watch_targets: HashMap<WatchDescriptor, WatchTarget>,
-    job_watches: HashMap<String, WatchDescriptor>,
+    job_watches: HashMap<String, JobWatch>,
     root_watched: bool,
     running: HashMap<String, ActiveRun>,
     /// Young trigger files that did not parse yet: retry at the time given.
@@ -414,7 +439,7 @@ impl Daemon {
                 print_runs(&self.recorded);
                 return 0;
             }
-            let wait = (self.next_wakeup(now) - crate::time::now()).clamp(0.0, RESCAN_INTERVAL);
+            let wait = (self.next_wakeup(now) - crate::time::now()).clamp(0.0, rescan_interval());
             match self.rx.recv_timeout(Duration::from_secs_f64(wait)) {
                 Ok(ev) => {
                     self.handle(ev);
@@ -458,7 +483,7 @@ impl Daemon {
 
     fn fire_timers(&mut self, now: f64) {
         if now >= self.next_rescan {
-            self.rescan_all();
+            self.rescan(false);
         }
         let due: Vec<(PathBuf, String)> = self
             .retries
@@ -586,7 +611,7 @@ impl Daemon {
                 );
                 self.root_watched = false;
                 let stale: Vec<WatchDescriptor> =
-                    self.job_watches.drain().map(|(_, wd)| wd).collect();
+                    self.job_watches.drain().map(|(_, w)| w.wd).collect();
                 for wd in stale {
                     self.watch_targets.remove(&wd);
                     if let Some(w) = self.watcher.as_mut() {
@@ -596,7 +621,7 @@ impl Daemon {
                 self.rescan_all();
             }
             WatchTarget::Job(job) => {
-                if self.job_watches.get(job) == Some(&wd) {
+                if self.job_watches.get(job).is_some_and(|w| w.wd == wd) {
                     self.job_watches.remove(job);
                 }
                 if self.config.jobs.contains_key(job) {
@@ -627,9 +652,17 @@ impl Daemon {
         }
     }
 
-    /// Rescan every trigger directory (start, SIGUSR1, overflow, every 60 s).
+    /// Rescan every trigger directory (start, SIGUSR1, overflow): read them all.
     fn rescan_all(&mut self) {
-        self.next_rescan = crate::time::now() + RESCAN_INTERVAL;
+        self.rescan(true);
+    }
+
+    /// Rescan every trigger directory. The periodic safety rescan (`full`
+    /// false) skips reading a watched directory whose mtime has not changed
+    /// since it was read while already old: one `stat` instead of an open and
+    /// a read, which is what 10,000 directories a minute cost otherwise.
+    fn rescan(&mut self, full: bool) {
+        self.next_rescan = crate::time::now() + rescan_interval();
         if self.config.idempotency_window > 0.0
             && let Err(e) = self
                 .store
@@ -653,8 +686,17 @@ impl Daemon {
             }
         }
         let jobs: Vec<String> = self.config.jobs.keys().cloned().collect();
+        let mut unchanged = 0;
         for job in &jobs {
-            self.scan_job(job);
+            if !self.scan_job_dir(job, full) {
+                unchanged += 1;
+            }
+        }
+        if !full {
+            debug!(
+                "safety rescan: {unchanged} of {} trigger directories unchanged since they were read",
+                jobs.len()
+            );
         }
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
@@ -671,7 +713,14 @@ impl Daemon {
     /// Make sure a job's trigger directory exists and is watched, then scan it
     /// (watch first, so that a file written in between is not missed).
     fn scan_job(&mut self, job: &str) {
+        self.scan_job_dir(job, true);
+    }
+
+    /// [`Self::scan_job`]; with `full` false, a settled directory whose mtime
+    /// has not changed is not read (then false).
+    fn scan_job_dir(&mut self, job: &str, full: bool) -> bool {
         let dir = job_trigger_dir(&self.config, job);
+        let mut mtime = None;
         match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
                 if self.warned_dirs.insert(format!("\0{job}")) {
@@ -680,10 +729,11 @@ impl Daemon {
                         dir.display()
                     );
                 }
-                return;
+                return true;
             }
             Ok(m) => {
-                use std::os::unix::fs::PermissionsExt;
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                mtime = Some(i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()));
                 if m.permissions().mode() & 0o002 != 0
                     && self.warned_dirs.insert(format!("\0w{job}"))
                 {
@@ -696,7 +746,7 @@ impl Daemon {
             Err(_) => {
                 if let Err(e) = make_dirs(&dir, TRIGGER_DIR_MODE) {
                     error!("[{job}] cannot create {}: {e}", dir.display());
-                    return;
+                    return true;
                 }
             }
         }
@@ -707,7 +757,13 @@ impl Daemon {
                 Ok(wd) => {
                     self.watch_targets
                         .insert(wd.clone(), WatchTarget::Job(job.to_string()));
-                    self.job_watches.insert(job.to_string(), wd);
+                    self.job_watches.insert(
+                        job.to_string(),
+                        JobWatch {
+                            wd,
+                            settled_mtime: None,
+                        },
+                    );
                 }
                 Err(e) => {
                     // Out of watches (fs.inotify.max_user_watches) fails for every
@@ -727,8 +783,17 @@ impl Daemon {
                 }
             }
         }
+        if let Some(watch) = self.job_watches.get_mut(job) {
+            if !full && mtime.is_some() && watch.settled_mtime == mtime {
+                return false;
+            }
+            // An mtime from just before now may still change within the same
+            // clock tick without looking different: trust only older ones.
+            let settled = crate::time::now() as i128 * 1_000_000_000 - 2_000_000_000;
+            watch.settled_mtime = mtime.filter(|m| *m < settled);
+        }
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
+            return true;
         };
         let mut files: Vec<(f64, PathBuf)> = entries
             .flatten()
@@ -743,11 +808,18 @@ impl Daemon {
                 (mtime, e.path())
             })
             .collect();
+        if !files.is_empty()
+            && let Some(watch) = self.job_watches.get_mut(job)
+        {
+            // Files that stay (a claim that failed) are looked at again next time.
+            watch.settled_mtime = None;
+        }
         // Arrival order, as far as a scan can tell it.
         files.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         for (_, path) in files {
             self.process_file(job, &path);
         }
+        true
     }
 
     /// Claim one trigger file and turn it into a pending run, a retry or a rejection.
@@ -1257,6 +1329,11 @@ impl Daemon {
         }
         match self.store.previous_runs(job) {
             Ok(p) => {
+                if self.previous.len() >= PREVIOUS_CACHE {
+                    // Bounded: 10,000 hourly jobs would otherwise keep three
+                    // whole runs each. A miss costs three index lookups.
+                    self.previous.clear();
+                }
                 self.previous.insert(job.to_string(), p.clone());
                 p
             }
