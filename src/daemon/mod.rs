@@ -49,6 +49,18 @@ pub enum Event {
     Launch(exec::LaunchEvent),
 }
 
+/// A job's schedule, parsed: `None` when it has none.
+fn job_schedule(
+    job: &Job,
+) -> Option<Result<crate::schedule::Schedule, crate::schedule::ScheduleError>> {
+    let expr = job.schedule.as_deref()?;
+    let zone = job
+        .schedule_timezone
+        .as_deref()
+        .and_then(|z| z.parse().ok());
+    Some(crate::schedule::Schedule::parse(expr, &job.name, zone))
+}
+
 /// Seconds between safety rescans: [`RESCAN_INTERVAL`]; debug builds take
 /// `DSARI_TEST_RESCAN_INTERVAL` (tests cannot wait a minute).
 fn rescan_interval() -> f64 {
@@ -152,8 +164,9 @@ struct Daemon {
     launcher: Option<exec::Launcher>,
     /// Counts launchers started, to tell the current one's end from an old one's.
     launcher_generation: u64,
-    /// Parsed schedules of the jobs that have one.
-    schedules: HashMap<String, crate::schedule::Schedule>,
+    /// Parsed schedules worth keeping (random `R` values, RRULEs); others are
+    /// parsed from the configuration when their next time is computed.
+    kept_schedules: HashMap<String, crate::schedule::Schedule>,
 }
 
 impl Daemon {
@@ -201,7 +214,7 @@ impl Daemon {
             recorded: Vec::new(),
             launcher: None,
             launcher_generation: 0,
-            schedules: HashMap::new(),
+            kept_schedules: HashMap::new(),
             opts,
         })
     }
@@ -332,39 +345,65 @@ impl Daemon {
     /// A missed time is not replayed: the next one counts from now (SPEC §5.4).
     fn reschedule_all(&mut self) {
         let now = crate::time::now();
-        let old: Vec<String> = self.schedules.keys().cloned().collect();
-        self.schedules.clear();
+        let had: Vec<String> = self
+            .scheduler
+            .pending()
+            .filter(|p| self.scheduler.is_scheduled(&p.run_id))
+            .map(|p| p.job_name.clone())
+            .collect();
+        self.kept_schedules.clear();
+        let mut scheduled = Vec::new();
         for job in self.config.jobs.values() {
-            let Some(expr) = &job.schedule else {
-                continue;
-            };
-            let zone = job
-                .schedule_timezone
-                .as_deref()
-                .and_then(|z| z.parse().ok());
-            match crate::schedule::Schedule::parse(expr, &job.name, zone) {
-                Ok(s) => {
-                    self.schedules.insert(job.name.clone(), s);
+            match job_schedule(job) {
+                Some(Ok(s)) => {
+                    scheduled.push((job.name.clone(), s.next_after(now)));
+                    if s.worth_keeping() {
+                        self.kept_schedules.insert(job.name.clone(), s);
+                    }
                 }
                 // The configuration was validated; this is only a safety net.
-                Err(e) => error!("[{}] schedule {expr:?}: {e}", job.name),
+                Some(Err(e)) => error!("[{}] schedule: {e}", job.name),
+                None => {}
             }
         }
-        for job in old {
-            if !self.schedules.contains_key(&job) {
+        for job in had {
+            if !self
+                .config
+                .jobs
+                .get(&job)
+                .is_some_and(|j| j.schedule.is_some())
+            {
                 self.scheduler.schedule(&job, None);
             }
         }
-        let jobs: Vec<String> = self.schedules.keys().cloned().collect();
-        for job in jobs {
-            self.schedule_next(&job, now);
+        for (job, next) in scheduled {
+            self.set_scheduled(&job, Ok(next));
+        }
+    }
+
+    /// A job's schedule's first time after `after`; `Err(())` when it has none.
+    /// A schedule is parsed again from the configuration (a few µs) unless it
+    /// was kept ([`crate::schedule::Schedule::worth_keeping`]): 10,000 parsed
+    /// schedules would hold memory between their runs for nothing.
+    fn next_scheduled(&self, job: &str, after: f64) -> Result<Option<f64>, ()> {
+        if let Some(s) = self.kept_schedules.get(job) {
+            return Ok(s.next_after(after));
+        }
+        match self.config.jobs.get(job).and_then(job_schedule) {
+            Some(Ok(s)) => Ok(s.next_after(after)),
+            _ => Err(()),
         }
     }
 
     /// Set a job's next scheduled run: its schedule's first time after `after`.
     fn schedule_next(&mut self, job: &str, after: f64) {
-        let next = self.schedules.get(job).and_then(|s| s.next_after(after));
-        let run = next.map(|t| PendingRecord {
+        let next = self.next_scheduled(job, after);
+        self.set_scheduled(job, next);
+    }
+
+    /// Make `next` (from [`Self::next_scheduled`]) the job's scheduled run.
+    fn set_scheduled(&mut self, job: &str, next: Result<Option<f64>, ()>) {
+        let run = next.ok().flatten().map(|t| PendingRecord {
             run_id: uuid::Uuid::new_v4().to_string(),
             job_name: job.to_string(),
             schedule_time: t,
@@ -378,7 +417,7 @@ impl Daemon {
                 r.run_id,
                 due_text(r.schedule_time)
             ),
-            None if self.schedules.contains_key(job) => {
+            None if next.is_ok() => {
                 debug!("[{job}] the schedule has no time after now: nothing scheduled")
             }
             None => {}
@@ -789,7 +828,7 @@ impl Daemon {
             }
             // An mtime from just before now may still change within the same
             // clock tick without looking different: trust only older ones.
-            let settled = crate::time::now() as i128 * 1_000_000_000 - 2_000_000_000;
+            let settled = crate::time::now() as i128 * 1_000_000_000 - 500_000_000;
             watch.settled_mtime = mtime.filter(|m| *m < settled);
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {

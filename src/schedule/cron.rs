@@ -68,6 +68,8 @@ pub(crate) struct CronSchedule {
     /// Second, minute and hour are explicit values (no `*`, no step): such a
     /// time runs once when the clock goes back (SPEC §5.3).
     fixed_time: bool,
+    /// An `R` form drew a random value: parsing again would draw another.
+    pub(crate) drew_random: bool,
 }
 
 impl CronSchedule {
@@ -80,8 +82,13 @@ impl CronSchedule {
     ) -> Result<CronSchedule, ScheduleError> {
         let fields = dsari_fields(expr)?;
         let mut texts = Vec::with_capacity(fields.len());
+        let mut drew_random = false;
+        let mut draw = || {
+            drew_random = true;
+            random()
+        };
         for (index, field) in fields.iter().enumerate() {
-            let text = expand_hash(field, index, crc, random)
+            let text = expand_hash(field, index, crc, &mut draw)
                 .map_err(|reason| field_error(index, field, reason))?;
             // croniter lower-cases the whole expression before reading it.
             texts.push(text.to_ascii_lowercase());
@@ -97,6 +104,7 @@ impl CronSchedule {
             pattern,
             hour_is_star: expanded.fields[HOUR].star,
             fixed_time: expanded.fixed_time(&texts),
+            drew_random,
         };
         if !ever_matches(&cron) {
             return Err(ScheduleError::NeverMatches {

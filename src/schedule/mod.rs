@@ -149,6 +149,17 @@ impl Schedule {
         })
     }
 
+    /// Whether parsing the expression again could give another schedule (it
+    /// drew random values for `R` forms) or costs more than a few µs (an
+    /// RRULE): such a schedule is worth keeping; any other can be parsed again
+    /// from the configuration whenever it is needed.
+    pub fn worth_keeping(&self) -> bool {
+        match &self.kind {
+            Kind::Cron(cron) => cron.drew_random,
+            Kind::Rrule(_) => true,
+        }
+    }
+
     /// The first due time strictly after `after` (epoch seconds), including
     /// the job's sub-second offset `crc / 0xFFFFFFFF`; `None` when the
     /// schedule has no future occurrence (an RRULE past its UNTIL) or `after`
