@@ -367,11 +367,11 @@ impl Daemon {
             }
         }
         for job in had {
-            if !self
+            if self
                 .config
                 .jobs
                 .get(&job)
-                .is_some_and(|j| j.schedule.is_some())
+                .is_none_or(|j| j.schedule.is_none())
             {
                 self.scheduler.schedule(&job, None);
             }
