@@ -164,6 +164,8 @@ struct Daemon {
     launcher: Option<exec::Launcher>,
     /// Counts launchers started, to tell the current one's end from an old one's.
     launcher_generation: u64,
+    /// No new launcher before this time (one could not be started).
+    launcher_retry_at: f64,
     /// Parsed schedules worth keeping (random `R` values, RRULEs); others are
     /// parsed from the configuration when their next time is computed.
     kept_schedules: HashMap<String, crate::schedule::Schedule>,
@@ -214,6 +216,7 @@ impl Daemon {
             recorded: Vec::new(),
             launcher: None,
             launcher_generation: 0,
+            launcher_retry_at: 0.0,
             kept_schedules: HashMap::new(),
             opts,
         })
@@ -1120,7 +1123,11 @@ impl Daemon {
     /// Keep a launcher while the daemon takes new runs (`--once` starts its few
     /// supervisors directly).
     fn keep_launcher(&mut self) {
-        if self.launcher.is_some() || self.shutdown.is_some() || self.opts.once {
+        if self.launcher.is_some()
+            || self.shutdown.is_some()
+            || self.opts.once
+            || crate::time::now() < self.launcher_retry_at
+        {
             return;
         }
         self.launcher_generation += 1;
@@ -1133,7 +1140,13 @@ impl Daemon {
                 debug!("launcher started, pid {}", l.pid());
                 self.launcher = Some(l);
             }
-            Err(e) => warn!("cannot start the launcher ({e}); starting supervisors directly"),
+            Err(e) => {
+                // Supervisors are started directly meanwhile; try again in a minute.
+                self.launcher_retry_at = crate::time::now() + RESCAN_INTERVAL;
+                warn!(
+                    "cannot start the launcher ({e}); starting supervisors directly, trying again in {RESCAN_INTERVAL} s"
+                );
+            }
         }
     }
 
