@@ -512,6 +512,33 @@ fn runs_survive_the_launcher_being_killed() {
     daemon.assert_alive(&env);
 }
 
+#[test]
+fn run_the_launcher_took_but_never_started_runs_once_anyway() {
+    let env = TestEnv::new(config(true, json!({})));
+    // Debug builds only: every launcher dies on its first request, before it
+    // forks a supervisor. The daemon must start each such run itself, once.
+    let mut daemon = env.start_daemon_with(&[], &[("DSARI_FAULT", "launcher")]);
+    for marker in ["first", "second"] {
+        let run = quick_run(&env, marker);
+        assert_eq!(run.exit_code, 5, "{marker}: the run's own exit code");
+        assert!(run.run_data.get("lost").is_none(), "{}", run.run_data);
+        assert_eq!(env.output(&run), format!("MARK={marker}\n"));
+    }
+    assert!(
+        env.log().contains("starting its supervisor directly"),
+        "the log must say the run was started without the launcher:\n{}",
+        env.log()
+    );
+    // Each run exactly once, and nothing left running.
+    for marker in ["first", "second"] {
+        assert_eq!(runs_with_marker(&env, marker).len(), 1, "{marker}");
+    }
+    env.wait_until("runs_running to be empty", || {
+        env.try_running().is_ok_and(|r| r.is_empty())
+    });
+    daemon.assert_alive(&env);
+}
+
 // ----- crash at every fault point ------------------------------------------
 
 /// Start the daemon with `DSARI_FAULT=point`, drop one trigger (due in

@@ -277,6 +277,11 @@ pub fn serve() -> i32 {
             }
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
+                if launcher_fault() {
+                    // Debug builds only: die with a run taken but not started.
+                    eprintln!("DSARI_FAULT: the launcher dies before forking");
+                    return 9;
+                }
                 let reply = start_supervisor(&line[..line.len() - 1]);
                 if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
                     return 0;
@@ -284,6 +289,16 @@ pub fn serve() -> i32 {
             }
         }
     }
+}
+
+/// Debug builds only: `DSARI_FAULT=launcher` makes the launcher die on its
+/// first request, before it forks (how the daemon copes is tested).
+fn launcher_fault() -> bool {
+    #[cfg(debug_assertions)]
+    if std::env::var("DSARI_FAULT").is_ok_and(|f| f == "launcher") {
+        return true;
+    }
+    false
 }
 
 /// Report every supervisor that has ended (reaping it).
