@@ -447,9 +447,16 @@ fn wait(limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn count_runs(db: &Connection) -> usize {
-    db.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0))
-        .map(|n| n as usize)
-        .unwrap_or(0)
+    count_rows(db, "runs")
+}
+
+/// Rows in a table (0 while it cannot be read yet).
+fn count_rows(db: &Connection, table: &str) -> usize {
+    db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as usize)
+    .unwrap_or(0)
 }
 
 /// Trigger renamed into place -> the run's first action (`date` printing the time), ms.
@@ -560,13 +567,7 @@ fn recovery(dsari: &Path, n: usize) -> f64 {
     }}));
     env.start(dsari, &["quick".to_string(), "slow".to_string()]);
     let db = env.db();
-    let count = |table: &str| -> usize {
-        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map(|n| n as usize)
-        .unwrap_or(0)
-    };
+    let count = |table: &str| count_rows(&db, table);
     for i in 0..n {
         let job = if i < quick { "quick" } else { "slow" };
         env.drop_trigger(job, &format!("r{i}.json"), "");

@@ -1180,16 +1180,10 @@ impl Daemon {
                         self.wait_in_thread(token, child);
                     }
                     Err(e) => {
-                        let Some(mut active) = self.running.remove(&token) else {
-                            return;
-                        };
-                        let msg = format!("cannot start the run's supervisor: {e}");
-                        error!("[{} {token}] {msg}", active.record.job_name);
-                        self.scheduler.finished(&token);
-                        active.record.stop_time = Some(crate::time::now());
-                        active.record.exit_code = Some(-1);
-                        active.record.run_data["error"] = json!(msg);
-                        self.unrecorded.push(active.record);
+                        if let Some(active) = self.running.remove(&token) {
+                            let msg = format!("cannot start the run's supervisor: {e}");
+                            self.not_started(active.record, &msg);
+                        }
                     }
                 }
             }
@@ -1330,7 +1324,7 @@ impl Daemon {
     }
 
     /// Start a run's supervisor; a run that cannot start is recorded as failed.
-    fn spawn(&mut self, mut record: RunRecord, group: Option<String>) {
+    fn spawn(&mut self, record: RunRecord, group: Option<String>) {
         let Some(job) = self.config.jobs.get(&record.job_name).cloned() else {
             return;
         };
@@ -1362,15 +1356,19 @@ impl Daemon {
                     },
                 );
             }
-            Err(msg) => {
-                error!("[{} {}] {msg}", job.name, record.run_id);
-                record.stop_time = Some(crate::time::now());
-                record.exit_code = Some(-1);
-                record.run_data["error"] = json!(msg);
-                self.scheduler.finished(&record.run_id);
-                self.unrecorded.push(record);
-            }
+            Err(msg) => self.not_started(record, &msg),
         }
+    }
+
+    /// A run whose command could not be started: recorded as failed (exit
+    /// code −1, `run_data.error`), with its slot freed.
+    fn not_started(&mut self, mut record: RunRecord, msg: &str) {
+        error!("[{} {}] {msg}", record.job_name, record.run_id);
+        record.stop_time = Some(crate::time::now());
+        record.exit_code = Some(-1);
+        record.run_data["error"] = json!(msg);
+        self.scheduler.finished(&record.run_id);
+        self.unrecorded.push(record);
     }
 
     /// The PREVIOUS_* runs of a job: from memory once looked up (this daemon writes
