@@ -289,58 +289,85 @@ impl Daemon {
                 return;
             }
         };
-        for mut record in rows {
-            let run_dir = run_dir(&self.config, &record.job_name, &record.run_id);
-            if let exec::SupervisorState::Alive(pid) = exec::probe_supervisor(&run_dir) {
+        // Runs handed to a supervisor just before the crash may not show it
+        // yet: they are looked at again after one wait for all of them.
+        let mut uncertain = Vec::new();
+        for record in rows {
+            if let Some(record) = self.recover_one(record, false) {
+                uncertain.push(record);
+            }
+        }
+        if !uncertain.is_empty() {
+            let dirs: Vec<PathBuf> = uncertain
+                .iter()
+                .map(|r| run_dir(&self.config, &r.job_name, &r.run_id))
+                .collect();
+            let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+            exec::await_supervisors(&refs, exec::START_GRACE);
+            for record in uncertain {
+                let _ = self.recover_one(record, true);
+            }
+        }
+    }
+
+    /// Adopt, record or requeue one row of `runs_running`. A run handed over
+    /// whose supervisor does not show yet is given back when `settled` is
+    /// false (to be decided after the start grace).
+    fn recover_one(&mut self, mut record: RunRecord, settled: bool) -> Option<RunRecord> {
+        let run_dir = run_dir(&self.config, &record.job_name, &record.run_id);
+        if let exec::SupervisorState::Alive(pid) = exec::probe_supervisor(&run_dir) {
+            info!(
+                "[{} {}] still running under supervisor pid {}: adopted",
+                record.job_name,
+                record.run_id,
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+            // The group slot it took is in the environment it was started with.
+            let group = exec::read_spec(&run_dir)
+                .and_then(|spec| spec.environment.get("CONCURRENCY_GROUP").cloned());
+            self.scheduler
+                .adopt(&record.run_id, &record.job_name, group);
+            self.wait_for_adopted(record.run_id.clone(), run_dir.clone());
+            let active = ActiveRun {
+                record,
+                run_dir,
+                pid: pid.unwrap_or(0),
+            };
+            self.running.insert(active.record.run_id.clone(), active);
+            return None;
+        }
+        if !exec::supervisor_seen(&run_dir) {
+            if exec::handed_over(&run_dir) && !settled {
+                return Some(record);
+            }
+            self.requeue(record);
+            return None;
+        }
+        match exec::read_status(&run_dir) {
+            Some(status) => {
+                apply_status(&mut record, &run_dir, Some(status));
                 info!(
-                    "[{} {}] still running under supervisor pid {}: adopted",
+                    "[{} {}] finished while the daemon was down, exit code {}",
                     record.job_name,
                     record.run_id,
-                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                    record.exit_code.unwrap_or(-1)
                 );
-                // The group slot it took is in the environment it was started with.
-                let group = exec::read_spec(&run_dir)
-                    .and_then(|spec| spec.environment.get("CONCURRENCY_GROUP").cloned());
-                self.scheduler
-                    .adopt(&record.run_id, &record.job_name, group);
-                self.wait_for_adopted(record.run_id.clone(), run_dir.clone());
-                let active = ActiveRun {
-                    record,
-                    run_dir,
-                    pid: pid.unwrap_or(0),
-                };
-                self.running.insert(active.record.run_id.clone(), active);
-                continue;
             }
-            if exec::read_status(&run_dir).is_none() && exec::never_started(&run_dir) {
-                self.requeue(record);
-                continue;
+            None => {
+                apply_status(&mut record, &run_dir, None);
+                record.run_data["lost"] = json!(
+                    "the run's supervisor is gone and left no exit status (was the machine restarted?)"
+                );
+                warn!(
+                    "[{} {}] lost: no supervisor and no exit status in {}",
+                    record.job_name,
+                    record.run_id,
+                    run_dir.display()
+                );
             }
-            match exec::read_status(&run_dir) {
-                Some(status) => {
-                    apply_status(&mut record, &run_dir, Some(status));
-                    info!(
-                        "[{} {}] finished while the daemon was down, exit code {}",
-                        record.job_name,
-                        record.run_id,
-                        record.exit_code.unwrap_or(-1)
-                    );
-                }
-                None => {
-                    apply_status(&mut record, &run_dir, None);
-                    record.run_data["lost"] = json!(
-                        "the run's supervisor is gone and left no exit status (was the machine restarted?)"
-                    );
-                    warn!(
-                        "[{} {}] lost: no supervisor and no exit status in {}",
-                        record.job_name,
-                        record.run_id,
-                        run_dir.display()
-                    );
-                }
-            }
-            self.unrecorded.push(record);
         }
+        self.unrecorded.push(record);
+        None
     }
 
     /// Parse every job's schedule and set its next scheduled run after now,

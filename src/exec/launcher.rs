@@ -264,9 +264,8 @@ pub fn serve() -> i32 {
         };
         if ended {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            if reap(&mut out).is_err() {
-                return 0;
-            }
+            // The daemon may be gone; supervisors still get reaped.
+            let _ = reap(&mut out);
         }
         if input {
             match nix::unistd::read(stdin.as_fd(), &mut chunk) {
@@ -282,10 +281,11 @@ pub fn serve() -> i32 {
                     eprintln!("DSARI_FAULT: the launcher dies before forking");
                     return 9;
                 }
+                // Every run taken is started, even when the daemon is gone and
+                // the reply has nobody to read it: its start is recorded, and
+                // a restarted daemon adopts it.
                 let reply = start_supervisor(&line[..line.len() - 1]);
-                if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
-                    return 0;
-                }
+                let _ = writeln!(out, "{reply}").and_then(|()| out.flush());
             }
         }
     }

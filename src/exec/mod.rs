@@ -14,8 +14,9 @@ pub mod supervisor;
 pub use environment::{RunContext, build_environment};
 pub use launcher::{LAUNCHER_ARG, LaunchEvent, LaunchSink, Launcher};
 pub use supervisor::{
-    RunSpec, RunStatus, Rusage, SUPERVISE_ARG, SupervisorState, never_started, probe_supervisor,
-    read_spec, read_status, spawn_supervisor, supervise, wait_for_supervisor, write_spec,
+    RunSpec, RunStatus, Rusage, START_GRACE, SUPERVISE_ARG, SupervisorState, await_supervisors,
+    handed_over, never_started, probe_supervisor, read_spec, read_status, spawn_supervisor,
+    supervise, supervisor_seen, wait_for_supervisor, write_spec,
 };
 
 /// Name of the run spec in the run dir (a dot-file: the job's own files stay visible).

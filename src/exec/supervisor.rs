@@ -146,28 +146,41 @@ pub fn probe_supervisor(run_dir: &Path) -> SupervisorState {
     }
 }
 
+/// How long a supervisor handed a run just before a crash may take to lock
+/// its run dir (it does within milliseconds).
+pub const START_GRACE: Duration = Duration::from_secs(1);
+
+/// Has a supervisor taken this run (a lock file, or the status it left)?
+pub fn supervisor_seen(run_dir: &Path) -> bool {
+    run_dir.join(LOCK_FILE).exists() || run_dir.join(STATUS_FILE).exists()
+}
+
+/// Was this run possibly handed to a supervisor (its spec is written)?
+pub fn handed_over(run_dir: &Path) -> bool {
+    run_dir.join(SPEC_FILE).exists()
+}
+
+/// Wait until every one of these run dirs shows a supervisor, or `limit`
+/// passes: one wait for all of them, however many.
+pub fn await_supervisors(run_dirs: &[&Path], limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline && !run_dirs.iter().all(|d| supervisor_seen(d)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Did this run's supervisor never start? True when it has neither a lock
 /// file nor a status: no spec (never handed to a supervisor), or a spec but
-/// still no lock a second later (a supervisor handed the run just before a
-/// crash takes its lock within milliseconds). Then the command never ran and
-/// may run again.
+/// still no lock [`START_GRACE`] later. Then the command never ran and may
+/// run again.
 pub fn never_started(run_dir: &Path) -> bool {
-    let (lock, status) = (run_dir.join(LOCK_FILE), run_dir.join(STATUS_FILE));
-    let seen = || lock.exists() || status.exists();
-    if seen() {
+    if supervisor_seen(run_dir) {
         return false;
     }
-    if !run_dir.join(SPEC_FILE).exists() {
-        return true;
+    if handed_over(run_dir) {
+        await_supervisors(&[run_dir], START_GRACE);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        if seen() {
-            return false;
-        }
-    }
-    true
+    !supervisor_seen(run_dir)
 }
 
 /// Block until the supervisor of this run dir has exited (its lock is released).
