@@ -606,7 +606,7 @@ fn supervise(run_dir: PathBuf) -> u8 {
     let code = if run_dir.as_os_str() == dsari::exec::LAUNCHER_ARG {
         dsari::exec::launcher::serve()
     } else {
-        dsari::exec::supervise(&run_dir)
+        dsari::exec::supervise(&run_dir, None)
     };
     code.clamp(0, 255) as u8
 }

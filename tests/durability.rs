@@ -298,6 +298,52 @@ fn run_that_ends_while_the_daemon_is_down_gets_its_true_exit_and_stop_time() {
 }
 
 #[test]
+fn adopted_run_holds_its_concurrency_group_slot() {
+    // `job` and `other` share group g (max 1). A restarted daemon adopts the
+    // run of `job` and must count it in g, so `other` waits for it. The group
+    // is read from the supervisor's lock file: the spec is removed before the
+    // restart to show that the lock alone carries it.
+    let mut c = config(true, json!({ "concurrency_groups": { "g": { "max": 1 } } }));
+    c["jobs"]["job"]["concurrency_groups"] = json!(["g"]);
+    c["jobs"]["other"] = json!({ "command": sh("echo other"), "concurrency_groups": ["g"] });
+    let env = TestEnv::new(c);
+    let mut daemon = env.start_daemon();
+    let a = start_blocking_run(&env, "a");
+    let spec = env.run_dir("job", &a.run_id).join(".dsari-run.json");
+    env.wait_until("the supervisor to write the run's spec", || spec.exists());
+    kill9(&env, &mut daemon);
+    fs::remove_file(&spec).unwrap_or_else(|e| env.fail(&format!("{}: {e}", spec.display())));
+    let _daemon = start_and_probe(&env, "probe");
+
+    let b_path = env.trigger_json("other", "b.json", &json!({ "marker": "b" }));
+    env.wait_consumed(&b_path);
+    env.wait_until("trigger b to be recorded (claim gone)", || {
+        claimed_entries(&env, "other").is_empty()
+    });
+    let running = env.running();
+    if running.len() != 1 || running[0].run_id != a.run_id {
+        env.fail(&format!(
+            "while adopted run A ({}) holds group g, other must wait; runs_running: {running:?}",
+            a.run_id
+        ));
+    }
+    env.release("go");
+    let b = env.wait_runs("other", 1);
+    let run_a = env.wait_for("run A to be recorded", || {
+        env.try_runs()
+            .ok()?
+            .into_iter()
+            .find(|r| r.run_id == a.run_id)
+    });
+    assert!(
+        b[0].start_time >= run_a.stop_time,
+        "other started at {:.3}, before adopted run A ended at {:.3} (group g has max 1)",
+        b[0].start_time,
+        run_a.stop_time
+    );
+}
+
+#[test]
 fn adopted_run_counts_against_concurrency() {
     let env = TestEnv::new(config(false, json!({})));
     let mut daemon = env.start_daemon();
@@ -664,8 +710,8 @@ fn crash_after_claiming_a_trigger() {
 fn crash_after_recording_the_start() {
     let run = crash_at("started", None);
     // The daemon died after recording the start and before handing the run to
-    // a supervisor: the command never started (there is not even a run dir
-    // with a .dsari-run.json), so the restarted daemon has to start it;
+    // a supervisor: the command never started (there is not even a run dir),
+    // so the restarted daemon has to start it;
     // recording it as lost loses the trigger (SPEC §4.3, §11.2).
     assert_eq!(
         run.exit_code, 5,
@@ -803,7 +849,7 @@ fn five_hundred_triggers_through_three_kills() {
     let mut count: BTreeMap<usize, usize> = BTreeMap::new();
     let mut no_mark = Vec::new();
     // Runs recorded as lost (exit -1): whether their supervisor ever got
-    // the run (its spec file exists) or not.
+    // the run (it locked the run dir and created output.txt) or not.
     let mut lost_started = Vec::new();
     let mut lost_never_started = Vec::new();
     for run in &runs {
@@ -829,7 +875,7 @@ fn five_hundred_triggers_through_three_kills() {
             }
             -1 if run.run_data.get("lost").is_some() => {
                 let dir = env.run_dir("job", &run.run_id);
-                if dir.join(".dsari-run.json").exists() {
+                if dir.join("output.txt").exists() {
                     // What its supervisor left by now: a status file and the
                     // output mean the command ran after all.
                     lost_started.push(format!(
@@ -866,7 +912,7 @@ fn five_hundred_triggers_through_three_kills() {
     daemon.assert_alive(&env);
 
     // Every trigger must have run, not just been recorded. A run whose
-    // supervisor never got it (no .dsari-run.json in its run dir) was never
+    // supervisor never got it (no output.txt in its run dir) was never
     // started, so recording it as lost loses its trigger (SPEC §4.3: "a crash
     // at any moment neither loses the trigger nor runs it twice"; §11.2). No
     // supervisor dies here, so a run handed to one cannot be lost either: if
@@ -876,7 +922,7 @@ fn five_hundred_triggers_through_three_kills() {
     if !lost_never_started.is_empty() || !lost_started.is_empty() {
         env.fail(&format!(
             "seed {seed}: {} of {N} runs were recorded as lost (exit -1) without their \
-             command ever starting (no .dsari-run.json in the run dir): markers {:?}…; \
+             command ever starting (no output.txt in the run dir): markers {:?}…; \
              {} more recorded as lost after a supervisor got them:\n{}",
             lost_never_started.len(),
             &lost_never_started[..lost_never_started.len().min(20)],

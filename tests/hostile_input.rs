@@ -593,3 +593,45 @@ fn out_of_inotify_watches_falls_back_to_rescans() {
         .count();
     assert_eq!(complaints, 1, "{}", env.log());
 }
+
+#[test]
+fn run_dir_that_cannot_be_created_fails_the_run_not_the_daemon() {
+    // The supervisor creates the run dir; here `runs/job` is a regular file,
+    // so it cannot. The run is recorded as failed with an error naming the
+    // directory, the daemon lives on, and once the file is gone runs work.
+    let env = TestEnv::new(jobs(&["job"]));
+    fs::create_dir_all(env.data_dir.join("runs")).unwrap_or_else(|e| env.fail(&e.to_string()));
+    let blocker = env.data_dir.join("runs").join("job");
+    fs::write(&blocker, "not a directory").unwrap_or_else(|e| env.fail(&e.to_string()));
+    let mut daemon = env.start_daemon();
+    env.trigger_json("job", "bad.json", &json!({ "marker": "bad" }));
+    let run = env.wait_for("the failed run", || {
+        env.try_runs()
+            .ok()?
+            .into_iter()
+            .find(|r| r.marker() == Some("bad"))
+    });
+    assert_eq!(run.exit_code, -1, "{:?}", run.run_data);
+    let error = run
+        .run_data
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let dir = env.run_dir("job", &run.run_id);
+    assert!(
+        error.contains("cannot create the run directory")
+            && error.contains(&*dir.to_string_lossy()),
+        "run_data.error should name the run directory {}: {:?}",
+        dir.display(),
+        run.run_data
+    );
+    assert!(
+        run.run_data.get("lost").is_none(),
+        "a run that could not start is not lost: {:?}",
+        run.run_data
+    );
+    daemon.assert_alive(&env);
+    fs::remove_file(&blocker).unwrap_or_else(|e| env.fail(&e.to_string()));
+    good_run(&env, "job", "good");
+    daemon.assert_alive(&env);
+}

@@ -280,13 +280,13 @@ impl Explainer<'_> {
             .is_some_and(|j| j.concurrency_groups.iter().any(|g| g == group))
     }
 
-    /// The group a running run holds, from its run spec.
+    /// The group a running run holds, as its supervisor wrote it down.
     fn run_group(&self, r: &RunRecord) -> Option<String> {
         let dir = crate::daemon::run_dir(self.config, &r.job_name, &r.run_id);
-        crate::exec::read_spec(&dir)?
-            .environment
-            .get("CONCURRENCY_GROUP")
-            .cloned()
+        match crate::exec::probe_supervisor(&dir) {
+            crate::exec::SupervisorState::Alive { group, .. } => group,
+            crate::exec::SupervisorState::Gone => crate::exec::spec_group(&dir),
+        }
     }
 
     /// Trigger files waiting or claimed: the lines, and whether there is any.

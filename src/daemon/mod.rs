@@ -49,7 +49,9 @@ pub enum Event {
     Launch(exec::LaunchEvent),
 }
 
-/// A job's schedule, parsed: `None` when it has none.
+/// A job's schedule, parsed: `None` when it has none. The configuration was
+/// validated when loaded (every schedule parsed and checked), so this is
+/// [`crate::schedule::Schedule::parse_again`].
 fn job_schedule(
     job: &Job,
 ) -> Option<Result<crate::schedule::Schedule, crate::schedule::ScheduleError>> {
@@ -58,7 +60,9 @@ fn job_schedule(
         .schedule_timezone
         .as_deref()
         .and_then(|z| z.parse().ok());
-    Some(crate::schedule::Schedule::parse(expr, &job.name, zone))
+    Some(crate::schedule::Schedule::parse_again(
+        expr, &job.name, zone,
+    ))
 }
 
 /// Seconds between safety rescans: [`RESCAN_INTERVAL`]; debug builds take
@@ -315,16 +319,13 @@ impl Daemon {
     /// false (to be decided after the start grace).
     fn recover_one(&mut self, mut record: RunRecord, settled: bool) -> Option<RunRecord> {
         let run_dir = run_dir(&self.config, &record.job_name, &record.run_id);
-        if let exec::SupervisorState::Alive(pid) = exec::probe_supervisor(&run_dir) {
+        if let exec::SupervisorState::Alive { pid, group } = exec::probe_supervisor(&run_dir) {
             info!(
                 "[{} {}] still running under supervisor pid {}: adopted",
                 record.job_name,
                 record.run_id,
                 pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
             );
-            // The group slot it took is in the environment it was started with.
-            let group = exec::read_spec(&run_dir)
-                .and_then(|spec| spec.environment.get("CONCURRENCY_GROUP").cloned());
             self.scheduler
                 .adopt(&record.run_id, &record.job_name, group);
             self.wait_for_adopted(record.run_id.clone(), run_dir.clone());
@@ -337,7 +338,8 @@ impl Daemon {
             return None;
         }
         if !exec::supervisor_seen(&run_dir) {
-            if exec::handed_over(&run_dir) && !settled {
+            // Perhaps handed to a supervisor that has not locked its run dir yet.
+            if !settled {
                 return Some(record);
             }
             self.requeue(record);
@@ -1190,7 +1192,11 @@ impl Daemon {
                 }
             }
             exec::LaunchEvent::Exited { token } => self.finish(&token),
-            exec::LaunchEvent::NotStarted { token, reason } => {
+            exec::LaunchEvent::NotStarted {
+                token,
+                reason,
+                spec,
+            } => {
                 let Some(run) = self.running.get(&token) else {
                     return;
                 };
@@ -1199,7 +1205,9 @@ impl Daemon {
                     run.record.job_name
                 );
                 let dir = run.run_dir.clone();
-                match exec::spawn_supervisor(&self.exe, &dir) {
+                match prepare_run_dir(&dir, &spec)
+                    .and_then(|()| exec::spawn_supervisor(&self.exe, &dir))
+                {
                     Ok(child) => {
                         if let Some(run) = self.running.get_mut(&token) {
                             run.pid = child.id();
@@ -1358,10 +1366,9 @@ impl Daemon {
         let dir = run_dir(&self.config, &job.name, &record.run_id);
         let previous = self.previous_runs(&job.name);
         let spec = self.run_spec(&job, &record, &dir, group.as_deref(), &previous);
-        let started = make_dirs(&dir, RUN_DIR_MODE)
-            .and_then(|()| exec::write_spec(&dir, &spec))
-            .map_err(|e| format!("cannot prepare the run directory {}: {e}", dir.display()))
-            .and_then(|()| self.start_supervisor(&record.run_id, &dir));
+        let started = serde_json::to_vec(&spec)
+            .map_err(|e| format!("cannot write the run's spec: {e}"))
+            .and_then(|bytes| self.start_supervisor(&record.run_id, &dir, &bytes));
         match started {
             Ok(pid) => {
                 info!(
@@ -1492,11 +1499,12 @@ impl Daemon {
         }
     }
 
-    /// Have a supervisor take the run: forked by the launcher (its pid comes
-    /// later, 0 meanwhile), or started directly when there is none.
-    fn start_supervisor(&mut self, run_id: &str, dir: &Path) -> Result<u32, String> {
+    /// Have a supervisor take the run: forked by the launcher, which hands it
+    /// the spec (its pid comes later, 0 meanwhile), or started directly when
+    /// there is none, after writing the spec into the run dir.
+    fn start_supervisor(&mut self, run_id: &str, dir: &Path, spec: &[u8]) -> Result<u32, String> {
         if let Some(launcher) = self.launcher.as_mut() {
-            match launcher.launch(run_id, dir) {
+            match launcher.launch(run_id, dir, spec) {
                 Ok(()) => return Ok(0),
                 Err(e) => {
                     warn!("the launcher cannot take runs ({e}); starting supervisors directly");
@@ -1504,7 +1512,8 @@ impl Daemon {
                 }
             }
         }
-        let child = exec::spawn_supervisor(&self.exe, dir)
+        let child = prepare_run_dir(dir, spec)
+            .and_then(|()| exec::spawn_supervisor(&self.exe, dir))
             .map_err(|e| format!("cannot start the run's supervisor: {e}"))?;
         let pid = child.id();
         self.wait_in_thread(run_id.to_string(), child);
@@ -1532,11 +1541,21 @@ impl Daemon {
         self.scheduler.finished(run_id);
         let mut record = active.record;
         let status = exec::read_status(&active.run_dir);
+        apply_status(&mut record, &active.run_dir, status.clone());
         if status.is_none() {
-            record.run_data["lost"] =
-                json!("the run's supervisor ended without leaving an exit status");
+            if active.run_dir.is_dir() {
+                record.run_data["lost"] =
+                    json!("the run's supervisor ended without leaving an exit status");
+            } else {
+                // The supervisor logged why (on the daemon's stderr).
+                let msg = format!(
+                    "cannot create the run directory {}; the command did not start",
+                    active.run_dir.display()
+                );
+                error!("[{} {}] {msg}", record.job_name, record.run_id);
+                record.run_data["error"] = json!(msg);
+            }
         }
-        apply_status(&mut record, &active.run_dir, status);
         info!(
             "[{} {}] finished with exit code {} in {:.3} s",
             record.job_name,
@@ -1806,9 +1825,18 @@ pub const CLAIM_SEPARATOR: &str = "--";
 /// Trigger directories: the daemon's user and group may write (CI users join the
 /// group); others may not. The umask can only take more away.
 pub const TRIGGER_DIR_MODE: u32 = 0o770;
-/// Run directories (and `runs/`, `runs/JOB/`): output may hold secrets, so no
-/// access for other users; the group may read.
-const RUN_DIR_MODE: u32 = 0o750;
+
+/// Create a run dir with its spec, for a supervisor started directly.
+fn prepare_run_dir(dir: &Path, spec: &[u8]) -> std::io::Result<()> {
+    exec::make_run_dir(dir)
+        .and_then(|()| exec::write_spec(dir, spec))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot prepare the run directory {}: {e}", dir.display()),
+            )
+        })
+}
 
 /// `create_dir_all` with a mode for every directory it creates.
 fn make_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {

@@ -4,22 +4,24 @@
 //! (dynamic loading, relocations, runtime set-up: ~1.2 ms of CPU on the
 //! development machine) for every run, on top of the command's own exec. The
 //! daemon instead starts one launcher (`dsari __supervise --launcher`) and hands
-//! it run dirs over a pipe; the launcher `fork`s, and the child becomes the run's
+//! it runs over a pipe; the launcher `fork`s, and the child becomes the run's
 //! supervisor ([`super::supervise`]) at the cost of a fork (~0.2 ms). The
 //! daemon itself never forks without exec: it has threads; the launcher has one.
 //!
-//! Nothing about a run changes: the supervisor is the same code, takes the same
-//! lock, leads its own process group and leaves the same status in the run dir,
-//! so a restarted daemon adopts it like any other. The launcher reports each
-//! supervisor's pid and end back to the daemon. When the launcher dies, the
-//! daemon waits for the runs it had started on their locks (as for adopted
-//! runs), starts directly the ones that never got a supervisor, and starts a
-//! new launcher.
+//! The run's spec travels over the pipe, so the daemon touches no file to start
+//! a run: the supervisor creates the run dir, takes its lock, starts the
+//! command and only then writes the spec down. Otherwise nothing about a run
+//! changes: the supervisor is the same code, takes the same lock, leads its own
+//! process group and leaves the same status in the run dir, so a restarted
+//! daemon adopts it like any other. The launcher reports each supervisor's pid
+//! and end back to the daemon. When the launcher dies, the daemon waits for the
+//! runs it had started on their locks (as for adopted runs), starts directly
+//! the ones that never got a supervisor, and starts a new launcher.
 //!
-//! The protocol, one line each way per message:
-//! daemon → launcher: `TOKEN <tab> RUN_DIR`;
-//! launcher → daemon: `S TOKEN PID` (started), `E PID` (supervisor ended),
-//! `F TOKEN REASON` (could not fork).
+//! The protocol: daemon → launcher: the line `TOKEN <tab> RUN_DIR <tab> LENGTH`,
+//! then LENGTH bytes of spec (JSON); launcher → daemon, one line each:
+//! `S TOKEN PID` (started), `E PID` (supervisor ended), `F TOKEN REASON`
+//! (could not fork).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -42,8 +44,12 @@ pub enum LaunchEvent {
     Started { token: String, pid: u32 },
     /// The run's supervisor has ended.
     Exited { token: String },
-    /// No supervisor took the run: start one another way.
-    NotStarted { token: String, reason: String },
+    /// No supervisor took the run: start one another way, with this spec.
+    NotStarted {
+        token: String,
+        reason: String,
+        spec: Vec<u8>,
+    },
     /// The launcher of this generation is gone; its runs are still reported.
     Gone { generation: u64 },
 }
@@ -51,10 +57,16 @@ pub enum LaunchEvent {
 /// Where the launcher's events go (the daemon's event channel).
 pub type LaunchSink = Arc<dyn Fn(LaunchEvent) + Send + Sync>;
 
+/// A run handed to the launcher: its dir, and its spec until a supervisor has it.
+struct Handed {
+    dir: PathBuf,
+    spec: Option<Vec<u8>>,
+}
+
 /// Runs handed to the launcher whose end has not been reported yet.
 #[derive(Default)]
 struct Outstanding {
-    runs: HashMap<String, PathBuf>,
+    runs: HashMap<String, Handed>,
     /// The launcher is gone: its runs were taken over by the fallback.
     closed: bool,
 }
@@ -105,28 +117,44 @@ impl Launcher {
         self.pid
     }
 
-    /// Hand a run (its spec already in `run_dir`) to the launcher. An error means
-    /// no supervisor will take it from here: start one another way.
-    pub fn launch(&mut self, token: &str, run_dir: &Path) -> std::io::Result<()> {
+    /// Hand a run to the launcher: the supervisor it forks creates `run_dir`
+    /// and runs `spec`. An error means no supervisor will take it from here:
+    /// start one another way.
+    pub fn launch(&mut self, token: &str, run_dir: &Path, spec: &[u8]) -> std::io::Result<()> {
         let dir = run_dir.as_os_str().as_bytes();
-        if token.is_empty() || token.contains(char::is_whitespace) || dir.contains(&b'\n') {
+        if token.is_empty()
+            || token.contains(char::is_whitespace)
+            || dir.contains(&b'\n')
+            || dir.contains(&b'\t')
+        {
             return Err(std::io::Error::other(
                 "run id or run dir cannot be passed on a line",
             ));
         }
+        let length = spec.len().to_string();
+        let mut message =
+            Vec::with_capacity(token.len() + dir.len() + length.len() + 3 + spec.len());
+        message.extend_from_slice(token.as_bytes());
+        message.push(b'\t');
+        message.extend_from_slice(dir);
+        message.push(b'\t');
+        message.extend_from_slice(length.as_bytes());
+        message.push(b'\n');
+        message.extend_from_slice(spec);
         {
             let mut o = lock(&self.outstanding);
             if o.closed {
                 return Err(std::io::Error::other("the launcher has ended"));
             }
-            o.runs.insert(token.to_string(), run_dir.to_path_buf());
+            o.runs.insert(
+                token.to_string(),
+                Handed {
+                    dir: run_dir.to_path_buf(),
+                    spec: Some(spec.to_vec()),
+                },
+            );
         }
-        let mut line = Vec::with_capacity(token.len() + dir.len() + 2);
-        line.extend_from_slice(token.as_bytes());
-        line.push(b'\t');
-        line.extend_from_slice(dir);
-        line.push(b'\n');
-        match self.stdin.write_all(&line) {
+        match self.stdin.write_all(&message) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Unless the fallback already took the run over, it is ours to start.
@@ -158,6 +186,10 @@ fn read_events(
         match (parts.next(), parts.next(), parts.next()) {
             (Some("S"), Some(token), Some(pid)) => {
                 if let Ok(pid) = pid.parse::<u32>() {
+                    if let Some(h) = lock(outstanding).runs.get_mut(token) {
+                        // The supervisor has it now.
+                        h.spec = None;
+                    }
                     pids.insert(pid, token.to_string());
                     sink(LaunchEvent::Started {
                         token: token.to_string(),
@@ -173,11 +205,14 @@ fn read_events(
                 }
             }
             (Some("F"), Some(token), reason) => {
-                lock(outstanding).runs.remove(token);
-                sink(LaunchEvent::NotStarted {
-                    token: token.to_string(),
-                    reason: reason.unwrap_or("cannot fork").to_string(),
-                });
+                let handed = lock(outstanding).runs.remove(token);
+                if let Some(spec) = handed.and_then(|h| h.spec) {
+                    sink(LaunchEvent::NotStarted {
+                        token: token.to_string(),
+                        reason: reason.unwrap_or("cannot fork").to_string(),
+                        spec,
+                    });
+                }
             }
             _ => log::warn!("the launcher said something unexpected: {line:?}"),
         }
@@ -196,7 +231,7 @@ fn read_events(
             left.len()
         );
     }
-    for (token, dir) in left {
+    for (token, Handed { dir, spec }) in left {
         let sink = sink.clone();
         // A supervisor the launcher forked takes the run dir's lock at once;
         // without one, no supervisor has the run.
@@ -204,10 +239,11 @@ fn read_events(
             .name("run-waiter".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                if never_started(&dir) {
+                if let (true, Some(spec)) = (never_started(&dir), spec) {
                     sink(LaunchEvent::NotStarted {
                         token,
                         reason: "the launcher ended before a supervisor took the run".into(),
+                        spec,
                     });
                 } else {
                     wait_for_supervisor(&dir);
@@ -244,7 +280,7 @@ pub fn serve() -> i32 {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
         let (input, ended) = {
             let mut fds = [
@@ -274,8 +310,7 @@ pub fn serve() -> i32 {
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
                 Err(_) => return 0,
             }
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
+            while let Some((header, spec)) = next_request(&mut pending) {
                 if launcher_fault() {
                     // Debug builds only: die with a run taken but not started.
                     eprintln!("DSARI_FAULT: the launcher dies before forking");
@@ -284,7 +319,7 @@ pub fn serve() -> i32 {
                 // Every run taken is started, even when the daemon is gone and
                 // the reply has nobody to read it: its start is recorded, and
                 // a restarted daemon adopts it.
-                let reply = start_supervisor(&line[..line.len() - 1]);
+                let reply = start_supervisor(&header, &spec);
                 let _ = writeln!(out, "{reply}").and_then(|()| out.flush());
             }
         }
@@ -317,21 +352,42 @@ fn reap(out: &mut impl Write) -> std::io::Result<()> {
     }
 }
 
-/// Fork the supervisor of one `TOKEN <tab> RUN_DIR` request; the reply line.
-fn start_supervisor(request: &[u8]) -> String {
+/// Take the next whole request (its header line without the newline, and its
+/// spec) off the front of `pending`, once all of it has arrived.
+fn next_request(pending: &mut Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let end = pending.iter().position(|&b| b == b'\n')?;
+    let length = pending[..end]
+        .rsplit(|&b| b == b'\t')
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(0);
+    if pending.len() < end + 1 + length {
+        return None;
+    }
+    let mut rest = pending.split_off(end + 1);
+    let tail = rest.split_off(length);
+    let mut header = std::mem::replace(pending, tail);
+    header.pop();
+    Some((header, rest))
+}
+
+/// Fork the supervisor of one `TOKEN <tab> RUN_DIR <tab> LENGTH` request; the reply line.
+fn start_supervisor(header: &[u8], spec: &[u8]) -> String {
     use nix::unistd::{ForkResult, fork};
-    let Some(tab) = request.iter().position(|&b| b == b'\t') else {
+    let mut fields = header.splitn(3, |&b| b == b'\t');
+    let (Some(token), Some(dir), Some(_)) = (fields.next(), fields.next(), fields.next()) else {
         return format!(
             "F ? malformed request {:?}",
-            String::from_utf8_lossy(request)
+            String::from_utf8_lossy(header)
         );
     };
-    let token = String::from_utf8_lossy(&request[..tab]).into_owned();
-    let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[tab + 1..]));
+    let token = String::from_utf8_lossy(token).into_owned();
+    let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
     // SAFETY: this process has a single thread (see `serve`), so the child may
     // run any code, allocation included.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => std::process::exit(become_supervisor(&run_dir)),
+        Ok(ForkResult::Child) => std::process::exit(become_supervisor(&run_dir, spec)),
         Ok(ForkResult::Parent { child }) => format!("S {token} {child}"),
         Err(e) => format!("F {token} cannot fork: {e}"),
     }
@@ -339,7 +395,7 @@ fn start_supervisor(request: &[u8]) -> String {
 
 /// In the forked child: drop the launcher's pipes and signal mask, lead a
 /// process group of its own (as an executed supervisor would), supervise.
-fn become_supervisor(run_dir: &Path) -> i32 {
+fn become_supervisor(run_dir: &Path, spec: &[u8]) -> i32 {
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
@@ -354,5 +410,5 @@ fn become_supervisor(run_dir: &Path) -> i32 {
     let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
     // Its command line stays the launcher's; its name (top, pgrep) says what it is.
     let _ = nix::sys::prctl::set_name(c"dsari-supervise");
-    supervise(run_dir)
+    supervise(run_dir, Some(spec))
 }

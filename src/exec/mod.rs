@@ -1,9 +1,10 @@
 //! Executing a run: its environment (SPEC §6.2) and its supervisor process (§6.1).
 //!
-//! The daemon never runs a job's command itself. It writes a [`RunSpec`] into the
-//! run dir and has a supervisor started for it (forked by the [`Launcher`], or
-//! this same binary re-executed with the hidden `__supervise` subcommand) that
-//! starts the command, enforces `max_execution`, waits, and leaves a
+//! The daemon never runs a job's command itself. It has a supervisor started
+//! for each run with a [`RunSpec`] (forked by the [`Launcher`], which hands it
+//! the spec in memory, or this same binary re-executed with the hidden
+//! `__supervise` subcommand, which reads the spec the daemon wrote into the run
+//! dir) that starts the command, enforces `max_execution`, waits, and leaves a
 //! [`RunStatus`] in the run dir. Because everything the
 //! supervisor needs and produces lives in the run dir, a run outlives the daemon.
 
@@ -15,8 +16,8 @@ pub use environment::{RunContext, build_environment};
 pub use launcher::{LAUNCHER_ARG, LaunchEvent, LaunchSink, Launcher};
 pub use supervisor::{
     RunSpec, RunStatus, Rusage, START_GRACE, SUPERVISE_ARG, SupervisorState, await_supervisors,
-    handed_over, never_started, probe_supervisor, read_spec, read_status, spawn_supervisor,
-    supervise, supervisor_seen, wait_for_supervisor, write_spec,
+    make_run_dir, never_started, probe_supervisor, read_spec, read_status, spawn_supervisor,
+    spec_group, supervise, supervisor_seen, wait_for_supervisor, write_spec,
 };
 
 /// Name of the run spec in the run dir (a dot-file: the job's own files stay visible).

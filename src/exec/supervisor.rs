@@ -82,17 +82,20 @@ pub struct RunStatus {
 #[derive(Serialize, Deserialize)]
 struct LockContent {
     pid: u32,
+    /// The concurrency group slot the run holds (a restarted daemon counts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
 }
 
-/// Write the spec a run's supervisor reads into the run dir.
-pub fn write_spec(run_dir: &Path, spec: &RunSpec) -> std::io::Result<()> {
-    let text = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
-    write_private(&run_dir.join(SPEC_FILE), &text)
+/// Write a run's spec (as JSON) into its run dir.
+pub fn write_spec(run_dir: &Path, spec: &[u8]) -> std::io::Result<()> {
+    write_private(&run_dir.join(SPEC_FILE), spec)
 }
 
 /// Start a supervisor for a run dir whose spec is written, as a new process of
-/// this binary (the [`super::Launcher`] forks them more cheaply). It leads its
-/// own process group, so the daemon's terminal signals (Ctrl-C) do not reach it.
+/// this binary (the [`super::Launcher`] forks them more cheaply, with the spec
+/// in memory). It leads its own process group, so the daemon's terminal
+/// signals (Ctrl-C) do not reach it.
 pub fn spawn_supervisor(exe: &Path, run_dir: &Path) -> std::io::Result<Child> {
     Command::new(exe)
         .arg(SUPERVISE_ARG)
@@ -121,8 +124,11 @@ pub fn read_status(run_dir: &Path) -> Option<RunStatus> {
 /// What a restarted daemon finds of a run's supervisor.
 #[derive(Debug)]
 pub enum SupervisorState {
-    /// Alive, holding its lock; the pid it wrote, if readable.
-    Alive(Option<u32>),
+    /// Alive, holding its lock; the pid and the concurrency group it wrote there.
+    Alive {
+        pid: Option<u32>,
+        group: Option<String>,
+    },
     /// Not running (never started, finished, or killed).
     Gone,
 }
@@ -135,16 +141,29 @@ pub fn probe_supervisor(run_dir: &Path) -> SupervisorState {
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
         Ok(_) => SupervisorState::Gone,
         Err((file, _)) => {
-            let pid = std::io::read_to_string(&file).ok().and_then(|t| {
-                serde_json::from_str::<LockContent>(&t)
-                    .map(|c| c.pid)
-                    .ok()
-                    .or_else(|| t.trim().parse().ok())
-            });
-            SupervisorState::Alive(pid)
+            let text = std::io::read_to_string(&file).unwrap_or_default();
+            match serde_json::from_str::<LockContent>(&text) {
+                Ok(c) => SupervisorState::Alive {
+                    pid: Some(c.pid),
+                    // Earlier supervisors wrote the group only in the spec.
+                    group: c.group.or_else(|| spec_group(run_dir)),
+                },
+                Err(_) => SupervisorState::Alive {
+                    pid: text.trim().parse().ok(),
+                    group: spec_group(run_dir),
+                },
+            }
         }
     }
 }
+
+/// The concurrency group a run was started in, from its spec.
+pub fn spec_group(run_dir: &Path) -> Option<String> {
+    read_spec(run_dir)?.environment.get(GROUP_VARIABLE).cloned()
+}
+
+/// The run's environment variable naming its concurrency group (SPEC §6.2).
+const GROUP_VARIABLE: &str = "CONCURRENCY_GROUP";
 
 /// How long a supervisor handed a run just before a crash may take to lock
 /// its run dir (it does within milliseconds).
@@ -153,11 +172,6 @@ pub const START_GRACE: Duration = Duration::from_secs(1);
 /// Has a supervisor taken this run (a lock file, or the status it left)?
 pub fn supervisor_seen(run_dir: &Path) -> bool {
     run_dir.join(LOCK_FILE).exists() || run_dir.join(STATUS_FILE).exists()
-}
-
-/// Was this run possibly handed to a supervisor (its spec is written)?
-pub fn handed_over(run_dir: &Path) -> bool {
-    run_dir.join(SPEC_FILE).exists()
 }
 
 /// Wait until every one of these run dirs shows a supervisor, or `limit`
@@ -170,16 +184,10 @@ pub fn await_supervisors(run_dirs: &[&Path], limit: Duration) {
 }
 
 /// Did this run's supervisor never start? True when it has neither a lock
-/// file nor a status: no spec (never handed to a supervisor), or a spec but
-/// still no lock [`START_GRACE`] later. Then the command never ran and may
-/// run again.
+/// file nor a status [`START_GRACE`] after it was handed over. Then the
+/// command never ran and may run again.
 pub fn never_started(run_dir: &Path) -> bool {
-    if supervisor_seen(run_dir) {
-        return false;
-    }
-    if handed_over(run_dir) {
-        await_supervisors(&[run_dir], START_GRACE);
-    }
+    await_supervisors(&[run_dir], START_GRACE);
     !supervisor_seen(run_dir)
 }
 
@@ -206,7 +214,7 @@ struct Lock {
 /// Its blocks are written before the command starts, so that when the run
 /// fills the disk its exit status can still be written (JSON allows the
 /// trailing spaces).
-fn hold_lock(run_dir: &Path) -> Option<Lock> {
+fn hold_lock(run_dir: &Path, group: Option<&str>) -> Option<Lock> {
     let tmp = run_dir.join(format!("{LOCK_FILE}.{}", std::process::id()));
     let mut file = OpenOptions::new()
         .read(true)
@@ -218,6 +226,7 @@ fn hold_lock(run_dir: &Path) -> Option<Lock> {
         .ok()?;
     let mut content = serde_json::to_vec(&LockContent {
         pid: std::process::id(),
+        group: group.map(str::to_string),
     })
     .ok()?;
     let short = content.len();
@@ -238,10 +247,19 @@ fn hold_lock(run_dir: &Path) -> Option<Lock> {
     Some(Lock { file, reserved })
 }
 
-/// The supervisor's main: returns the supervisor's own exit code (0 once a status is written).
-pub fn supervise(run_dir: &Path) -> i32 {
-    let mut lock = hold_lock(run_dir);
-    let spec: RunSpec = match std::fs::read(run_dir.join(SPEC_FILE))
+/// The supervisor's main: returns the supervisor's own exit code (0 once a
+/// status is written).
+///
+/// `given` is the spec handed over in memory (by the [`super::Launcher`]):
+/// then this supervisor creates the run dir, and writes the spec there only
+/// once the command is started, off the start's path. Without it, the spec
+/// is read from the run dir, where the daemon wrote it.
+pub fn supervise(run_dir: &Path, given: Option<&[u8]>) -> i32 {
+    let bytes = match given {
+        Some(b) => Ok(std::borrow::Cow::Borrowed(b)),
+        None => std::fs::read(run_dir.join(SPEC_FILE)).map(std::borrow::Cow::Owned),
+    };
+    let spec: RunSpec = match bytes
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
@@ -254,7 +272,30 @@ pub fn supervise(run_dir: &Path) -> i32 {
             return 2;
         }
     };
-    let mut status = run(&spec, run_dir);
+    if given.is_some()
+        && let Err(e) = make_run_dir(run_dir)
+    {
+        eprintln!(
+            "dsari supervisor: [{} {}] cannot create the run directory {}: {e}",
+            spec.job_name,
+            spec.run_id,
+            run_dir.display()
+        );
+        return 2;
+    }
+    let group = spec.environment.get(GROUP_VARIABLE).map(String::as_str);
+    let mut lock = hold_lock(run_dir, group);
+    let keep_spec = || {
+        if let Some(bytes) = given
+            && let Err(e) = write_spec(run_dir, bytes)
+        {
+            eprintln!(
+                "dsari supervisor: [{} {}] cannot keep the run spec: {e}",
+                spec.job_name, spec.run_id
+            );
+        }
+    };
+    let mut status = run(&spec, run_dir, keep_spec);
     status.pid = Some(std::process::id());
     match write_status(run_dir, lock.as_mut(), &status) {
         Ok(()) => 0,
@@ -268,7 +309,22 @@ pub fn supervise(run_dir: &Path) -> i32 {
     }
 }
 
-fn run(spec: &RunSpec, run_dir: &Path) -> RunStatus {
+/// Create a run dir (and its job's dir), private to the daemon's user and group.
+pub fn make_run_dir(run_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(RUN_DIR_MODE)
+        .create(run_dir)
+}
+
+/// Run directories (and `runs/`, `runs/JOB/`): output may hold secrets, so no
+/// access for other users; the group may read. The umask can only take more away.
+const RUN_DIR_MODE: u32 = 0o750;
+
+/// Start the command and wait for it; `started` runs once it is started (or
+/// failed to start), while the command runs.
+fn run(spec: &RunSpec, run_dir: &Path, started: impl FnOnce()) -> RunStatus {
     let output = OpenOptions::new()
         .create(true)
         .append(true)
@@ -286,7 +342,10 @@ fn run(spec: &RunSpec, run_dir: &Path) -> RunStatus {
     };
     let program = match resolve_program(spec) {
         Ok(p) => p,
-        Err((code, msg)) => return failed_to_start(output, code, msg),
+        Err((code, msg)) => {
+            started();
+            return failed_to_start(output, code, msg);
+        }
     };
     let mut cmd = Command::new(&program);
     cmd.arg0(&spec.argv[0])
@@ -304,7 +363,9 @@ fn run(spec: &RunSpec, run_dir: &Path) -> RunStatus {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
-    let child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    started();
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {

@@ -74,11 +74,14 @@ pub(crate) struct CronSchedule {
 
 impl CronSchedule {
     /// Parses a cron expression (already trimmed) for a job whose name hashes
-    /// to `crc`; `random` supplies the values of `R` forms.
+    /// to `crc`; `random` supplies the values of `R` forms. `check` also makes
+    /// sure that the pattern matches some date (a search over decades, most of
+    /// a parse's cost): needless when the expression parsed before.
     pub(crate) fn parse(
         expr: &str,
         crc: u32,
         random: &mut dyn FnMut() -> u32,
+        check: bool,
     ) -> Result<CronSchedule, ScheduleError> {
         let fields = dsari_fields(expr)?;
         let mut texts = Vec::with_capacity(fields.len());
@@ -95,23 +98,24 @@ impl CronSchedule {
         }
         let expanded = Expanded::from_texts(&texts, &fields)?;
         let pattern = expanded.croner_pattern();
-        let cron =
-            parse_window(&pattern, EVER_FROM).map_err(|reason| ScheduleError::Unsupported {
-                expr: expr.to_string(),
-                reason,
-            })?;
-        let schedule = CronSchedule {
+        if check {
+            let cron =
+                parse_window(&pattern, EVER_FROM).map_err(|reason| ScheduleError::Unsupported {
+                    expr: expr.to_string(),
+                    reason,
+                })?;
+            if !ever_matches(&cron) {
+                return Err(ScheduleError::NeverMatches {
+                    expr: expr.to_string(),
+                });
+            }
+        }
+        Ok(CronSchedule {
             pattern,
             hour_is_star: expanded.fields[HOUR].star,
             fixed_time: expanded.fixed_time(&texts),
             drew_random,
-        };
-        if !ever_matches(&cron) {
-            return Err(ScheduleError::NeverMatches {
-                expr: expr.to_string(),
-            });
-        }
-        Ok(schedule)
+        })
     }
 
     /// The first instant (epoch seconds, whole) strictly after `now_us`
@@ -1046,7 +1050,7 @@ mod tests {
 
     #[test]
     fn bad_fields_name_the_field() {
-        let err = CronSchedule::parse("0 25 * * *", 0, &mut || 0).unwrap_err();
+        let err = CronSchedule::parse("0 25 * * *", 0, &mut || 0, true).unwrap_err();
         assert_eq!(
             err.to_string(),
             "field 2 (hour) \"25\": value out of range 0-23"
@@ -1070,7 +1074,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    CronSchedule::parse(bad, 0, &mut || 0),
+                    CronSchedule::parse(bad, 0, &mut || 0, true),
                     Err(ScheduleError::Field { .. })
                 ),
                 "{bad}"
@@ -1080,14 +1084,18 @@ mod tests {
 
     #[test]
     fn impossible_dates_are_rejected() {
-        let err = CronSchedule::parse("0 0 31 2 *", 0, &mut || 0).unwrap_err();
+        let err = CronSchedule::parse("0 0 31 2 *", 0, &mut || 0, true).unwrap_err();
         assert!(matches!(err, ScheduleError::NeverMatches { .. }), "{err}");
-        assert!(CronSchedule::parse("0 0 29 2 *", 0, &mut || 0).is_ok());
+        assert!(CronSchedule::parse("0 0 29 2 *", 0, &mut || 0, true).is_ok());
     }
 
     #[test]
     fn fixed_time_means_explicit_values() {
-        let fixed = |e: &str| CronSchedule::parse(e, 0, &mut || 0).unwrap().fixed_time;
+        let fixed = |e: &str| {
+            CronSchedule::parse(e, 0, &mut || 0, true)
+                .unwrap()
+                .fixed_time
+        };
         assert!(fixed("30 1 * * *"));
         assert!(fixed("0,30 1,13 * * *"));
         assert!(!fixed("*/30 * * * *"));

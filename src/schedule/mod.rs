@@ -131,6 +131,26 @@ impl Schedule {
     /// no date satisfies (`0 0 31 2 *`) is rejected, as the Python dsari
     /// rejects it when loading the configuration.
     pub fn parse(expr: &str, job_name: &str, tz: Option<Tz>) -> Result<Schedule, ScheduleError> {
+        Self::parse_checked(expr, job_name, tz, true)
+    }
+
+    /// [`Schedule::parse`] for an expression that parsed before (the daemon's
+    /// configuration is validated when loaded): it skips the search that
+    /// proves a cron pattern matches some date, most of a parse's cost.
+    pub fn parse_again(
+        expr: &str,
+        job_name: &str,
+        tz: Option<Tz>,
+    ) -> Result<Schedule, ScheduleError> {
+        Self::parse_checked(expr, job_name, tz, false)
+    }
+
+    fn parse_checked(
+        expr: &str,
+        job_name: &str,
+        tz: Option<Tz>,
+        check: bool,
+    ) -> Result<Schedule, ScheduleError> {
         let zone = tz.or_else(system_zone).map_or(Zone::Local, Zone::Named);
         let crc = job_hash(job_name);
         let trimmed = expr.trim();
@@ -139,7 +159,12 @@ impl Schedule {
         }
         let kind = match rrule_body(trimmed) {
             Some(body) => Kind::Rrule(Box::new(rrule::RruleSchedule::parse(trimmed, body, zone)?)),
-            None => Kind::Cron(cron::CronSchedule::parse(trimmed, crc, &mut random_u32)?),
+            None => Kind::Cron(cron::CronSchedule::parse(
+                trimmed,
+                crc,
+                &mut random_u32,
+                check,
+            )?),
         };
         Ok(Schedule {
             kind,
