@@ -199,6 +199,8 @@ impl Store {
         self.conn
             .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(|e| self.err(e))?;
+        // Every statement the daemon runs stays prepared (rusqlite keeps 16).
+        self.conn.set_prepared_statement_cache_capacity(64);
         // WAL: readers (other dsari commands, sqlite3, the Python tools) never block the daemon.
         let _mode: String = self
             .conn
@@ -215,6 +217,29 @@ impl Store {
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
         sqlite_error(&self.path)(source)
+    }
+
+    /// Run `f` in one write transaction (`BEGIN IMMEDIATE`: the write lock is
+    /// taken first), committed if it succeeds, else rolled back. The daemon
+    /// writes twice per run; the `BEGIN` and `COMMIT` statements are prepared
+    /// once, not parsed at each transaction as `Connection::transaction` does.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let conn = &self.conn;
+        let run = || -> rusqlite::Result<T> {
+            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            let done = f(conn).and_then(|v| {
+                conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(v)
+            });
+            if done.is_err() && !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            done
+        };
+        run().map_err(|e| self.err(e))
     }
 
     /// The database file, for messages.
@@ -255,55 +280,42 @@ impl Store {
         runs: &mut [RunRecord],
         obsolete: &[String],
     ) -> Result<(), StoreError> {
-        let wrap = &sqlite_error(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(wrap)?;
-        // The start time is taken once the write lock is held: a run whose start
-        // waited for a busy database starts (and says it started) now, not then.
-        let start_time = crate::time::now();
-        for run in runs.iter_mut() {
-            run.start_time = start_time;
-        }
-        {
-            let mut delete = tx
-                .prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
-                .map_err(wrap)?;
+        self.write(|tx| {
+            // The start time is taken once the write lock is held: a run whose start
+            // waited for a busy database starts (and says it started) now, not then.
+            let start_time = crate::time::now();
+            for run in runs.iter_mut() {
+                run.start_time = start_time;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")?;
             for id in obsolete {
-                delete.execute([id]).map_err(wrap)?;
+                delete.execute([id])?;
             }
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO runs_running (job_name, run_id, schedule_time, start_time, \
-                     trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(wrap)?;
-            let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(wrap)?;
-            for run in runs {
-                delete.execute([&run.run_id]).map_err(wrap)?;
-                remember
-                    .execute(params![
-                        run.job_name,
-                        run.trigger_data.to_string(),
-                        run.run_id,
-                        run.start_time
-                    ])
-                    .map_err(wrap)?;
-                insert
-                    .execute(params![
-                        run.job_name,
-                        run.run_id,
-                        run.schedule_time,
-                        run.start_time,
-                        run.trigger_type,
-                        run.trigger_data.to_string(),
-                        run.run_data.to_string(),
-                    ])
-                    .map_err(wrap)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO runs_running (job_name, run_id, schedule_time, start_time, \
+                 trigger_type, trigger_data, run_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut remember = tx.prepare_cached(REMEMBER_KEY)?;
+            for run in runs.iter() {
+                delete.execute([&run.run_id])?;
+                remember.execute(params![
+                    run.job_name,
+                    run.trigger_data.to_string(),
+                    run.run_id,
+                    run.start_time
+                ])?;
+                insert.execute(params![
+                    run.job_name,
+                    run.run_id,
+                    run.schedule_time,
+                    run.start_time,
+                    run.trigger_type,
+                    run.trigger_data.to_string(),
+                    run.run_data.to_string(),
+                ])?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Record one started run (see [`Store::start_runs`]).
@@ -314,47 +326,37 @@ impl Store {
     /// Put a run whose start was recorded but whose command never started back
     /// to pending (after a crash between the two), in one transaction.
     pub fn unstart_run(&mut self, run: &PendingRecord) -> Result<(), StoreError> {
-        let wrap = &sqlite_error(&self.path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        tx.execute("DELETE FROM runs_running WHERE run_id = ?1", [&run.run_id])
-            .map_err(wrap)?;
-        tx.prepare_cached(SAVE_PENDING)
-            .and_then(|mut insert| insert.execute(pending_params(run)))
-            .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        self.write(|tx| {
+            tx.execute("DELETE FROM runs_running WHERE run_id = ?1", [&run.run_id])?;
+            tx.prepare_cached(SAVE_PENDING)?
+                .execute(pending_params(run))?;
+            Ok(())
+        })
     }
 
     /// Move finished runs from `runs_running` to `runs`, in one transaction.
     pub fn finish_runs(&mut self, runs: &[RunRecord]) -> Result<(), StoreError> {
-        let wrap = &sqlite_error(&self.path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                ))
-                .map_err(wrap)?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM runs_running WHERE run_id = ?1")
-                .map_err(wrap)?;
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?;
+            let mut delete = tx.prepare_cached("DELETE FROM runs_running WHERE run_id = ?1")?;
             for run in runs {
-                insert
-                    .execute(params![
-                        run.job_name,
-                        run.run_id,
-                        run.schedule_time,
-                        run.start_time,
-                        run.stop_time,
-                        run.exit_code,
-                        run.trigger_type,
-                        run.trigger_data.to_string(),
-                        run.run_data.to_string(),
-                    ])
-                    .map_err(wrap)?;
-                delete.execute([&run.run_id]).map_err(wrap)?;
+                insert.execute(params![
+                    run.job_name,
+                    run.run_id,
+                    run.schedule_time,
+                    run.start_time,
+                    run.stop_time,
+                    run.exit_code,
+                    run.trigger_type,
+                    run.trigger_data.to_string(),
+                    run.run_data.to_string(),
+                ])?;
+                delete.execute([&run.run_id])?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Move one finished run to `runs` (see [`Store::finish_runs`]).
@@ -423,31 +425,25 @@ impl Store {
         runs: &[PendingRecord],
         obsolete: &[String],
     ) -> Result<(), StoreError> {
-        let wrap = &sqlite_error(&self.path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut delete = tx
-                .prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")
-                .map_err(wrap)?;
+        self.write(|tx| {
+            let mut delete = tx.prepare_cached("DELETE FROM dsari_pending WHERE run_id = ?1")?;
             for id in obsolete {
-                delete.execute([id]).map_err(wrap)?;
+                delete.execute([id])?;
             }
-            let mut insert = tx.prepare_cached(SAVE_PENDING).map_err(wrap)?;
-            let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(wrap)?;
+            let mut insert = tx.prepare_cached(SAVE_PENDING)?;
+            let mut remember = tx.prepare_cached(REMEMBER_KEY)?;
             let now = crate::time::now();
             for p in runs {
-                remember
-                    .execute(params![
-                        p.job_name,
-                        p.trigger_data.to_string(),
-                        p.run_id,
-                        now
-                    ])
-                    .map_err(wrap)?;
-                insert.execute(pending_params(p)).map_err(wrap)?;
+                remember.execute(params![
+                    p.job_name,
+                    p.trigger_data.to_string(),
+                    p.run_id,
+                    now
+                ])?;
+                insert.execute(pending_params(p))?;
             }
-        }
-        tx.commit().map_err(wrap)
+            Ok(())
+        })
     }
 
     /// Every pending run, oldest due first.

@@ -343,6 +343,23 @@ fn sigquit_logs_status_naming_the_running_run() {
     env.wait_until("a status line naming the running run", || {
         count(&env.log()) > before
     });
+    // It names the supervisor's pid, as the supervisor wrote it into its lock.
+    let lock = env.run_dir("job", &run_id).join(".dsari-lock");
+    let pid = fs::read_to_string(&lock)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("pid")?.as_u64())
+        .unwrap_or_else(|| env.fail(&format!("no pid in {}", lock.display())));
+    let log = env.log();
+    let status = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(&run_id) && l.contains("status:"))
+        .unwrap_or_default();
+    assert!(
+        status.contains(&format!("pid {pid},")),
+        "the status line should name supervisor pid {pid}: {status:?}"
+    );
     daemon.assert_alive(&env);
 
     env.release("go");

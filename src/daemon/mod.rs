@@ -594,7 +594,7 @@ impl Daemon {
                     "[{} {}] shutdown_kill_grace is over: killing the run",
                     run.record.job_name, id
                 );
-                signal_supervisor(run.pid, nix::sys::signal::Signal::SIGUSR2);
+                signal_supervisor(self.supervisor_pid(id), nix::sys::signal::Signal::SIGUSR2);
             }
         }
     }
@@ -1520,6 +1520,24 @@ impl Daemon {
         Ok(pid)
     }
 
+    /// The pid of a run's supervisor, 0 when not known (yet): as reported, else
+    /// from the launcher, else from the lock the supervisor holds.
+    fn supervisor_pid(&self, run_id: &str) -> u32 {
+        let Some(run) = self.running.get(run_id) else {
+            return 0;
+        };
+        if run.pid != 0 {
+            return run.pid;
+        }
+        if let Some(pid) = self.launcher.as_ref().and_then(|l| l.pid_of(run_id)) {
+            return pid;
+        }
+        match exec::probe_supervisor(&run.run_dir) {
+            exec::SupervisorState::Alive { pid, .. } => pid.unwrap_or(0),
+            exec::SupervisorState::Gone => 0,
+        }
+    }
+
     fn wait_in_thread(&self, run_id: String, mut child: Child) {
         let tx = self.tx.clone();
         let spawned = std::thread::Builder::new()
@@ -1638,6 +1656,18 @@ impl Daemon {
             .config
             .shutdown_kill_grace
             .map(|g| crate::time::now() + g);
+        // Supervisors the launcher starts from now on are reported as they
+        // start (to be terminated, or killed after the grace).
+        let forked = self
+            .launcher
+            .as_ref()
+            .map(exec::Launcher::report_starts)
+            .unwrap_or_default();
+        for (id, pid) in forked {
+            if let Some(run) = self.running.get_mut(&id) {
+                run.pid = pid;
+            }
+        }
         if self.config.shutdown_kill_runs {
             info!(
                 "{name}: shutting down, terminating {} running runs",
@@ -1645,7 +1675,7 @@ impl Daemon {
             );
             for (id, run) in &self.running {
                 info!("[{} {id}] terminating", run.record.job_name);
-                signal_supervisor(run.pid, nix::sys::signal::Signal::SIGTERM);
+                signal_supervisor(self.supervisor_pid(id), nix::sys::signal::Signal::SIGTERM);
             }
         } else {
             info!(
@@ -1667,7 +1697,7 @@ impl Daemon {
             info!(
                 "status: [{} {id}] running, pid {}, for {:.1} s{}",
                 run.record.job_name,
-                run.pid,
+                self.supervisor_pid(id),
                 now - run.record.start_time,
                 self.scheduler
                     .group_of(id)
@@ -1740,6 +1770,7 @@ fn read_return_data(run_dir: &Path) -> Option<Result<Value, String>> {
     None
 }
 
+/// Signal a supervisor; pid 0 (not known) signals nobody.
 fn signal_supervisor(pid: u32, sig: nix::sys::signal::Signal) {
     if pid == 0 {
         return;

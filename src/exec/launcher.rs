@@ -40,7 +40,8 @@ pub const LAUNCHER_ARG: &str = "--launcher";
 /// What the daemon hears about the runs it gave the launcher.
 #[derive(Debug)]
 pub enum LaunchEvent {
-    /// The run's supervisor runs with this pid.
+    /// The run's supervisor runs with this pid (reported only after
+    /// [`Launcher::report_starts`]; until then, ask [`Launcher::pid_of`]).
     Started { token: String, pid: u32 },
     /// The run's supervisor has ended.
     Exited { token: String },
@@ -57,10 +58,12 @@ pub enum LaunchEvent {
 /// Where the launcher's events go (the daemon's event channel).
 pub type LaunchSink = Arc<dyn Fn(LaunchEvent) + Send + Sync>;
 
-/// A run handed to the launcher: its dir, and its spec until a supervisor has it.
+/// A run handed to the launcher: its dir, its spec until a supervisor has it,
+/// then the supervisor's pid.
 struct Handed {
     dir: PathBuf,
     spec: Option<Vec<u8>>,
+    pid: Option<u32>,
 }
 
 /// Runs handed to the launcher whose end has not been reported yet.
@@ -69,6 +72,9 @@ struct Outstanding {
     runs: HashMap<String, Handed>,
     /// The launcher is gone: its runs were taken over by the fallback.
     closed: bool,
+    /// Send [`LaunchEvent::Started`]: the daemon wants to signal each new
+    /// supervisor (it is shutting down). Otherwise a start wakes nobody.
+    report_starts: bool,
 }
 
 fn lock(o: &Mutex<Outstanding>) -> MutexGuard<'_, Outstanding> {
@@ -117,6 +123,23 @@ impl Launcher {
         self.pid
     }
 
+    /// The pid of a run's supervisor, once the launcher has forked it.
+    pub fn pid_of(&self, token: &str) -> Option<u32> {
+        lock(&self.outstanding).runs.get(token).and_then(|h| h.pid)
+    }
+
+    /// From now on, report every supervisor started with
+    /// [`LaunchEvent::Started`]; the pids of those started before are
+    /// returned, by token.
+    pub fn report_starts(&self) -> HashMap<String, u32> {
+        let mut o = lock(&self.outstanding);
+        o.report_starts = true;
+        o.runs
+            .iter()
+            .filter_map(|(t, h)| Some((t.clone(), h.pid?)))
+            .collect()
+    }
+
     /// Hand a run to the launcher: the supervisor it forks creates `run_dir`
     /// and runs `spec`. An error means no supervisor will take it from here:
     /// start one another way.
@@ -151,6 +174,7 @@ impl Launcher {
                 Handed {
                     dir: run_dir.to_path_buf(),
                     spec: Some(spec.to_vec()),
+                    pid: None,
                 },
             );
         }
@@ -186,15 +210,22 @@ fn read_events(
         match (parts.next(), parts.next(), parts.next()) {
             (Some("S"), Some(token), Some(pid)) => {
                 if let Ok(pid) = pid.parse::<u32>() {
-                    if let Some(h) = lock(outstanding).runs.get_mut(token) {
-                        // The supervisor has it now.
-                        h.spec = None;
-                    }
+                    let report = {
+                        let mut o = lock(outstanding);
+                        if let Some(h) = o.runs.get_mut(token) {
+                            // The supervisor has the spec now.
+                            h.spec = None;
+                            h.pid = Some(pid);
+                        }
+                        o.report_starts
+                    };
                     pids.insert(pid, token.to_string());
-                    sink(LaunchEvent::Started {
-                        token: token.to_string(),
-                        pid,
-                    });
+                    if report {
+                        sink(LaunchEvent::Started {
+                            token: token.to_string(),
+                            pid,
+                        });
+                    }
                 }
             }
             (Some("E"), Some(pid), None) => {
@@ -231,7 +262,7 @@ fn read_events(
             left.len()
         );
     }
-    for (token, Handed { dir, spec }) in left {
+    for (token, Handed { dir, spec, .. }) in left {
         let sink = sink.clone();
         // A supervisor the launcher forked takes the run dir's lock at once;
         // without one, no supervisor has the run.
