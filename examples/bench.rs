@@ -191,7 +191,11 @@ fn main() {
             vec![daemon10k],
         );
         add("  CPU, same time: its launcher", "CPU-s", vec![launcher10k]);
-        add("  runs that came due meanwhile", "runs", vec![runs10k as f64]);
+        add(
+            "  runs that came due meanwhile",
+            "runs",
+            vec![runs10k as f64],
+        );
         if runs10k > 0 {
             add(
                 "  daemon + launcher CPU per run",
@@ -205,7 +209,10 @@ fn main() {
         let (rss, cpu) = idle(&dsari, opts.idle_secs);
         add("idle daemon, 1 job: RSS", "MB", vec![rss]);
         add(
-            &format!("idle daemon, 1 job: CPU over {} s (+launcher)", opts.idle_secs),
+            &format!(
+                "idle daemon, 1 job: CPU over {} s (+launcher)",
+                opts.idle_secs
+            ),
             "CPU-s",
             vec![cpu],
         );

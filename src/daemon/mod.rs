@@ -65,6 +65,10 @@ fn job_schedule(
     ))
 }
 
+/// How old a trigger directory's mtime must be, when it is read, for the
+/// safety rescan to trust it (see [`Daemon::scan_job_dir`]).
+const SETTLE_NS: i128 = 100_000_000;
+
 /// Seconds between safety rescans: [`RESCAN_INTERVAL`]; debug builds take
 /// `DSARI_TEST_RESCAN_INTERVAL` (tests cannot wait a minute).
 fn rescan_interval() -> f64 {
@@ -859,8 +863,11 @@ impl Daemon {
                 return false;
             }
             // An mtime from just before now may still change within the same
-            // clock tick without looking different: trust only older ones.
-            let settled = crate::time::now() as i128 * 1_000_000_000 - 500_000_000;
+            // clock tick without looking different: trust only older ones. File
+            // times are at worst a jiffy (10 ms at HZ=100) behind the clock;
+            // 100 ms leaves room, and lets a daemon restarted soon after the
+            // directories were created skip them at its first rescan.
+            let settled = crate::time::now() as i128 * 1_000_000_000 - SETTLE_NS;
             watch.settled_mtime = mtime.filter(|m| *m < settled);
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
