@@ -173,7 +173,7 @@ fn main() {
 
     if opts.runs("schedule") {
         let (first_s, start_s, rss10k, (daemon10k, launcher10k), runs10k) =
-            schedule_load(&dsari, 10_000, opts.idle_secs);
+            schedule_load(&dsari, 10_000, "H * * * *", opts.idle_secs);
         add(
             "10,000 jobs 'H * * * *': first start, to READY",
             "s",
@@ -203,6 +203,18 @@ fn main() {
                 vec![(daemon10k + launcher10k) * 1e3 / runs10k as f64],
             );
         }
+        // The same daemon with nothing coming due: what 10,000 jobs cost
+        // without their runs (the safety rescan, once a minute).
+        let (_, _, _, (daemon_y, launcher_y), runs_y) =
+            schedule_load(&dsari, 10_000, "H H 1 1 *", opts.idle_secs);
+        add(
+            &format!(
+                "10,000 jobs 'H H 1 1 *' ({runs_y} runs due): CPU over {} s",
+                opts.idle_secs
+            ),
+            "CPU-s",
+            vec![daemon_y + launcher_y],
+        );
     }
 
     if opts.runs("idle") {
@@ -702,12 +714,17 @@ fn burst(dsari: &Path, n: usize, group_max: Option<u32>) -> f64 {
 /// CPU seconds (daemon and launcher) over `secs`, and the runs that came due
 /// meanwhile (each job is due once an hour at its hashed minute and second:
 /// 10,000 jobs make 2.8 runs a second).
-fn schedule_load(dsari: &Path, jobs: usize, secs: u64) -> (f64, f64, f64, (f64, f64), usize) {
+fn schedule_load(
+    dsari: &Path,
+    jobs: usize,
+    schedule: &str,
+    secs: u64,
+) -> (f64, f64, f64, (f64, f64), usize) {
     let mut job_map = serde_json::Map::new();
     for i in 0..jobs {
         job_map.insert(
             format!("s{i}"),
-            json!({"command": ["/bin/true"], "schedule": "H * * * *"}),
+            json!({"command": ["/bin/true"], "schedule": schedule}),
         );
     }
     let mut env = Env::new(json!({"jobs": job_map}));

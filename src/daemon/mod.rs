@@ -69,6 +69,12 @@ fn job_schedule(
 /// safety rescan to trust it (see [`Daemon::scan_job_dir`]).
 const SETTLE_NS: i128 = 100_000_000;
 
+/// Directory mtimes (epoch ns) before this are settled when read at `now`
+/// (epoch seconds).
+fn settled_before(now: f64) -> i128 {
+    (now * 1e9) as i128 - SETTLE_NS
+}
+
 /// Seconds between safety rescans: [`RESCAN_INTERVAL`]; debug builds take
 /// `DSARI_TEST_RESCAN_INTERVAL` (tests cannot wait a minute).
 fn rescan_interval() -> f64 {
@@ -867,7 +873,7 @@ impl Daemon {
             // times are at worst a jiffy (10 ms at HZ=100) behind the clock;
             // 100 ms leaves room, and lets a daemon restarted soon after the
             // directories were created skip them at its first rescan.
-            let settled = crate::time::now() as i128 * 1_000_000_000 - SETTLE_NS;
+            let settled = settled_before(crate::time::now());
             watch.settled_mtime = mtime.filter(|m| *m < settled);
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -1943,5 +1949,18 @@ fn print_runs(runs: &[RunRecord]) {
             r.exit_code.unwrap_or(-1),
             r.stop_time.unwrap_or(r.start_time) - r.start_time
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled_before;
+
+    #[test]
+    fn a_directory_is_settled_100_ms_after_its_mtime_not_at_the_next_whole_second() {
+        // Read at 1000.75 s: an mtime of 1000.6 s is settled, 1000.7 s is not.
+        let at = settled_before(1000.75);
+        assert!(1_000_600_000_000 < at, "{at}");
+        assert!(1_000_700_000_000 > at, "{at}");
     }
 }

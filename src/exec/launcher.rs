@@ -443,3 +443,55 @@ fn become_supervisor(run_dir: &Path, spec: &[u8]) -> i32 {
     let _ = nix::sys::prctl::set_name(c"dsari-supervise");
     supervise(run_dir, Some(spec))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::next_request;
+
+    fn request(token: &str, dir: &str, spec: &[u8]) -> Vec<u8> {
+        let mut m = format!("{token}\t{dir}\t{}\n", spec.len()).into_bytes();
+        m.extend_from_slice(spec);
+        m
+    }
+
+    #[test]
+    fn requests_are_taken_whole_however_they_arrive() {
+        let spec_a = br#"{"argv":["a"],"note":"a\nnewline inside"}"#.to_vec();
+        let spec_b = b"{}".to_vec();
+        let mut stream = request("t1", "/runs/a/t1", &spec_a);
+        stream.extend(request("t2", "/runs/b/t2", &spec_b));
+        // Fed one byte at a time: nothing comes out before a request is whole,
+        // and a newline inside a spec does not end it.
+        let mut pending = Vec::new();
+        let mut got = Vec::new();
+        for &b in &stream {
+            pending.push(b);
+            while let Some(r) = next_request(&mut pending) {
+                got.push(r);
+            }
+        }
+        assert!(pending.is_empty(), "left over: {pending:?}");
+        let got: Vec<(String, Vec<u8>)> = got
+            .into_iter()
+            .map(|(h, s)| (String::from_utf8_lossy(&h).into_owned(), s))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (format!("t1\t/runs/a/t1\t{}", spec_a.len()), spec_a),
+                ("t2\t/runs/b/t2\t2".to_string(), spec_b),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_requests_in_one_read_both_come_out() {
+        let mut pending = request("t1", "/d1", b"[1]");
+        pending.extend(request("t2", "/d2", b"[22]"));
+        let first = next_request(&mut pending).map(|(_, s)| s);
+        let second = next_request(&mut pending).map(|(_, s)| s);
+        assert_eq!(first.as_deref(), Some(&b"[1]"[..]));
+        assert_eq!(second.as_deref(), Some(&b"[22]"[..]));
+        assert_eq!(next_request(&mut pending), None);
+    }
+}
