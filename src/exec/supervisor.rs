@@ -3,7 +3,8 @@
 //! It starts the command as the leader of its own process group with stdin from
 //! /dev/null and stdout+stderr to `output.txt`, enforces `max_execution` on the
 //! whole group, forwards the daemon's stop requests, and on the end writes
-//! [`RunStatus`] into the run dir (temporary name, then rename). It never touches
+//! [`RunStatus`] into the run dir (over its reserved lock file, then renamed).
+//! Forked by the launcher, it also creates the run dir. It never touches
 //! the database: that is the daemon's job, so a supervisor works while the
 //! daemon is down.
 
@@ -30,7 +31,8 @@ pub const EXIT_NOT_FOUND: i64 = 127;
 /// Exit code for a command that was found but could not be executed.
 pub const EXIT_CANNOT_EXECUTE: i64 = 126;
 
-/// Everything a supervisor needs, written by the daemon into the run dir.
+/// Everything a supervisor needs: handed over in memory by the launcher (or
+/// written into the run dir by the daemon), kept in the run dir as `.dsari-run.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunSpec {
     pub job_name: String,
