@@ -1198,9 +1198,11 @@ impl Daemon {
                 let Some(run) = self.running.get_mut(&token) else {
                     return;
                 };
+                // Shutdown began before this run's pid was known: not yet signalled.
+                let unsignalled = run.pid == 0;
                 run.pid = pid;
                 debug!("[{} {token}] supervisor pid {pid}", run.record.job_name);
-                if self.shutdown.is_some() && self.config.shutdown_kill_runs {
+                if unsignalled && self.shutdown.is_some() && self.config.shutdown_kill_runs {
                     signal_supervisor(pid, nix::sys::signal::Signal::SIGTERM);
                 }
             }
@@ -1572,8 +1574,9 @@ impl Daemon {
         self.scheduler.finished(run_id);
         let mut record = active.record;
         let status = exec::read_status(&active.run_dir);
-        apply_status(&mut record, &active.run_dir, status.clone());
-        if status.is_none() {
+        let no_status = status.is_none();
+        apply_status(&mut record, &active.run_dir, status);
+        if no_status {
             if active.run_dir.is_dir() {
                 record.run_data["lost"] =
                     json!("the run's supervisor ended without leaving an exit status");
@@ -1670,13 +1673,14 @@ impl Daemon {
             .shutdown_kill_grace
             .map(|g| crate::time::now() + g);
         // Supervisors the launcher starts from now on are reported as they
-        // start (to be terminated, or killed after the grace).
-        let forked = self
-            .launcher
-            .as_ref()
-            .map(exec::Launcher::report_starts)
-            .unwrap_or_default();
-        for (id, pid) in forked {
+        // start (to be terminated, or killed after the grace); every pid known
+        // by now is kept, so that none is signalled twice.
+        if let Some(l) = self.launcher.as_ref() {
+            l.report_starts();
+        }
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            let pid = self.supervisor_pid(&id);
             if let Some(run) = self.running.get_mut(&id) {
                 run.pid = pid;
             }
@@ -1688,7 +1692,7 @@ impl Daemon {
             );
             for (id, run) in &self.running {
                 info!("[{} {id}] terminating", run.record.job_name);
-                signal_supervisor(self.supervisor_pid(id), nix::sys::signal::Signal::SIGTERM);
+                signal_supervisor(run.pid, nix::sys::signal::Signal::SIGTERM);
             }
         } else {
             info!(

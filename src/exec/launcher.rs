@@ -129,15 +129,10 @@ impl Launcher {
     }
 
     /// From now on, report every supervisor started with
-    /// [`LaunchEvent::Started`]; the pids of those started before are
-    /// returned, by token.
-    pub fn report_starts(&self) -> HashMap<String, u32> {
-        let mut o = lock(&self.outstanding);
-        o.report_starts = true;
-        o.runs
-            .iter()
-            .filter_map(|(t, h)| Some((t.clone(), h.pid?)))
-            .collect()
+    /// [`LaunchEvent::Started`]; those started before are known to
+    /// [`Launcher::pid_of`].
+    pub fn report_starts(&self) {
+        lock(&self.outstanding).report_starts = true;
     }
 
     /// Hand a run to the launcher: the supervisor it forks creates `run_dir`
