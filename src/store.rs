@@ -137,6 +137,15 @@ const REMEMBER_KEY: &str = "INSERT INTO dsari_idempotency (job_name, key, run_id
     ON CONFLICT (job_name, key) DO UPDATE SET run_id = excluded.run_id, seen_time = excluded.seen_time \
     WHERE run_id != excluded.run_id";
 
+/// REMEMBER_KEY's own condition, checked before it runs: most runs (every
+/// scheduled one) have no key, and parsing JSON in SQL was a tenth of a
+/// start's database time.
+fn has_idempotency_key(trigger_data: &serde_json::Value) -> bool {
+    trigger_data
+        .get("idempotency_key")
+        .is_some_and(serde_json::Value::is_string)
+}
+
 const RUN_COLUMNS: &str = "job_name, run_id, schedule_time, start_time, stop_time, exit_code, trigger_type, trigger_data, run_data";
 
 impl Store {
@@ -298,19 +307,22 @@ impl Store {
             let mut remember = tx.prepare_cached(REMEMBER_KEY)?;
             for run in runs.iter() {
                 delete.execute([&run.run_id])?;
-                remember.execute(params![
-                    run.job_name,
-                    run.trigger_data.to_string(),
-                    run.run_id,
-                    run.start_time
-                ])?;
+                let trigger_data = run.trigger_data.to_string();
+                if has_idempotency_key(&run.trigger_data) {
+                    remember.execute(params![
+                        run.job_name,
+                        trigger_data,
+                        run.run_id,
+                        run.start_time
+                    ])?;
+                }
                 insert.execute(params![
                     run.job_name,
                     run.run_id,
                     run.schedule_time,
                     run.start_time,
                     run.trigger_type,
-                    run.trigger_data.to_string(),
+                    trigger_data,
                     run.run_data.to_string(),
                 ])?;
             }
@@ -434,12 +446,14 @@ impl Store {
             let mut remember = tx.prepare_cached(REMEMBER_KEY)?;
             let now = crate::time::now();
             for p in runs {
-                remember.execute(params![
-                    p.job_name,
-                    p.trigger_data.to_string(),
-                    p.run_id,
-                    now
-                ])?;
+                if has_idempotency_key(&p.trigger_data) {
+                    remember.execute(params![
+                        p.job_name,
+                        p.trigger_data.to_string(),
+                        p.run_id,
+                        now
+                    ])?;
+                }
                 insert.execute(pending_params(p))?;
             }
             Ok(())

@@ -1675,7 +1675,7 @@ impl Daemon {
         // Supervisors the launcher starts from now on are reported as they
         // start (to be terminated, or killed after the grace); every pid known
         // by now is kept, so that none is signalled twice.
-        if let Some(l) = self.launcher.as_ref() {
+        if let Some(l) = self.launcher.as_mut() {
             l.report_starts();
         }
         let ids: Vec<String> = self.running.keys().cloned().collect();

@@ -13,15 +13,17 @@
 //! command and only then writes the spec down. Otherwise nothing about a run
 //! changes: the supervisor is the same code, takes the same lock, leads its own
 //! process group and leaves the same status in the run dir, so a restarted
-//! daemon adopts it like any other. The launcher reports each supervisor's pid
-//! and end back to the daemon. When the launcher dies, the daemon waits for the
+//! daemon adopts it like any other. The launcher reports each supervisor's end
+//! back to the daemon, and its pid only once asked (at shutdown, when the
+//! daemon signals supervisors): a start that nobody needs to hear of costs no
+//! write and wakes no thread. When the launcher dies, the daemon waits for the
 //! runs it had started on their locks (as for adopted runs), starts directly
 //! the ones that never got a supervisor, and starts a new launcher.
 //!
 //! The protocol: daemon → launcher: the line `TOKEN <tab> RUN_DIR <tab> LENGTH`,
-//! then LENGTH bytes of spec (JSON); launcher → daemon, one line each:
-//! `S TOKEN PID` (started), `E PID` (supervisor ended), `F TOKEN REASON`
-//! (could not fork).
+//! then LENGTH bytes of spec (JSON), or the line `report` (from now on, report
+//! pids); launcher → daemon, one line each: `S TOKEN PID` (started, after
+//! `report`), `E TOKEN` (supervisor ended), `F TOKEN REASON` (could not fork).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -41,7 +43,7 @@ pub const LAUNCHER_ARG: &str = "--launcher";
 #[derive(Debug)]
 pub enum LaunchEvent {
     /// The run's supervisor runs with this pid (reported only after
-    /// [`Launcher::report_starts`]; until then, ask [`Launcher::pid_of`]).
+    /// [`Launcher::report_starts`]; until then, the pid is in the run's lock).
     Started { token: String, pid: u32 },
     /// The run's supervisor has ended.
     Exited { token: String },
@@ -55,11 +57,14 @@ pub enum LaunchEvent {
     Gone { generation: u64 },
 }
 
+/// The request that makes the launcher report pids (`S` lines) from now on.
+const REPORT_REQUEST: &[u8] = b"report\n";
+
 /// Where the launcher's events go (the daemon's event channel).
 pub type LaunchSink = Arc<dyn Fn(LaunchEvent) + Send + Sync>;
 
-/// A run handed to the launcher: its dir, its spec until a supervisor has it,
-/// then the supervisor's pid.
+/// A run handed to the launcher: its dir, its spec until a supervisor is known
+/// to have it, then the supervisor's pid (known once starts are reported).
 struct Handed {
     dir: PathBuf,
     spec: Option<Vec<u8>>,
@@ -73,7 +78,7 @@ struct Outstanding {
     /// The launcher is gone: its runs were taken over by the fallback.
     closed: bool,
     /// Send [`LaunchEvent::Started`]: the daemon wants to signal each new
-    /// supervisor (it is shutting down). Otherwise a start wakes nobody.
+    /// supervisor (it is shutting down).
     report_starts: bool,
 }
 
@@ -123,16 +128,18 @@ impl Launcher {
         self.pid
     }
 
-    /// The pid of a run's supervisor, once the launcher has forked it.
+    /// The pid of a run's supervisor, once the launcher has reported it.
     pub fn pid_of(&self, token: &str) -> Option<u32> {
         lock(&self.outstanding).runs.get(token).and_then(|h| h.pid)
     }
 
-    /// From now on, report every supervisor started with
-    /// [`LaunchEvent::Started`]; those started before are known to
-    /// [`Launcher::pid_of`].
-    pub fn report_starts(&self) {
+    /// From now on, report every supervisor going or started with
+    /// [`LaunchEvent::Started`] (the launcher is asked to name them).
+    pub fn report_starts(&mut self) {
         lock(&self.outstanding).report_starts = true;
+        if let Err(e) = self.stdin.write_all(REPORT_REQUEST) {
+            log::warn!("cannot ask the launcher for its supervisors' pids: {e}");
+        }
     }
 
     /// Hand a run to the launcher: the supervisor it forks creates `run_dir`
@@ -197,7 +204,6 @@ fn read_events(
     generation: u64,
     sink: &LaunchSink,
 ) {
-    let mut pids: HashMap<u32, String> = HashMap::new();
     for line in BufReader::new(stdout).split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
@@ -214,7 +220,6 @@ fn read_events(
                         }
                         o.report_starts
                     };
-                    pids.insert(pid, token.to_string());
                     if report {
                         sink(LaunchEvent::Started {
                             token: token.to_string(),
@@ -223,11 +228,11 @@ fn read_events(
                     }
                 }
             }
-            (Some("E"), Some(pid), None) => {
-                let token = pid.parse::<u32>().ok().and_then(|p| pids.remove(&p));
-                if let Some(token) = token {
-                    lock(outstanding).runs.remove(&token);
-                    sink(LaunchEvent::Exited { token });
+            (Some("E"), Some(token), None) => {
+                if lock(outstanding).runs.remove(token).is_some() {
+                    sink(LaunchEvent::Exited {
+                        token: token.to_string(),
+                    });
                 }
             }
             (Some("F"), Some(token), reason) => {
@@ -307,6 +312,7 @@ pub fn serve() -> i32 {
     let mut out = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let mut children = Children::default();
     loop {
         let (input, ended) = {
             let mut fds = [
@@ -327,7 +333,7 @@ pub fn serve() -> i32 {
         if ended {
             while let Ok(Some(_)) = sfd.read_signal() {}
             // The daemon may be gone; supervisors still get reaped.
-            let _ = reap(&mut out);
+            let _ = children.reap(&mut out);
         }
         if input {
             match nix::unistd::read(stdin.as_fd(), &mut chunk) {
@@ -337,6 +343,10 @@ pub fn serve() -> i32 {
                 Err(_) => return 0,
             }
             while let Some((header, spec)) = next_request(&mut pending) {
+                if header == REPORT_REQUEST.trim_ascii_end() {
+                    let _ = children.report_all(&mut out);
+                    continue;
+                }
                 if launcher_fault() {
                     // Debug builds only: die with a run taken but not started.
                     eprintln!("DSARI_FAULT: the launcher dies before forking");
@@ -345,8 +355,13 @@ pub fn serve() -> i32 {
                 // Every run taken is started, even when the daemon is gone and
                 // the reply has nobody to read it: its start is recorded, and
                 // a restarted daemon adopts it.
-                let reply = start_supervisor(&header, &spec);
-                let _ = writeln!(out, "{reply}").and_then(|()| out.flush());
+                let reply = match start_supervisor(&header, &spec) {
+                    Ok((token, pid)) => children.started(token, pid),
+                    Err(failed) => Some(failed),
+                };
+                if let Some(reply) = reply {
+                    let _ = writeln!(out, "{reply}").and_then(|()| out.flush());
+                }
             }
         }
     }
@@ -362,16 +377,45 @@ fn launcher_fault() -> bool {
     false
 }
 
-/// Report every supervisor that has ended (reaping it).
-fn reap(out: &mut impl Write) -> std::io::Result<()> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
-            Ok(status) => {
-                if let Some(pid) = status.pid() {
-                    writeln!(out, "E {pid}")?;
-                    out.flush()?;
+/// The launcher's supervisors that have not ended, by pid, with their tokens.
+#[derive(Default)]
+struct Children {
+    tokens: HashMap<i32, String>,
+    /// The daemon asked for pids: report each start.
+    report: bool,
+}
+
+impl Children {
+    /// A supervisor was forked; the line to send, if the daemon wants starts.
+    fn started(&mut self, token: String, pid: i32) -> Option<String> {
+        let line = self.report.then(|| format!("S {token} {pid}"));
+        self.tokens.insert(pid, token);
+        line
+    }
+
+    /// From now on report each start; report those going now.
+    fn report_all(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        self.report = true;
+        for (pid, token) in &self.tokens {
+            writeln!(out, "S {token} {pid}")?;
+        }
+        out.flush()
+    }
+
+    /// Report every supervisor that has ended (reaping it).
+    fn reap(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
+                Ok(status) => {
+                    let token = status
+                        .pid()
+                        .and_then(|pid| self.tokens.remove(&pid.as_raw()));
+                    if let Some(token) = token {
+                        writeln!(out, "E {token}")?;
+                        out.flush()?;
+                    }
                 }
             }
         }
@@ -398,15 +442,16 @@ fn next_request(pending: &mut Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((header, rest))
 }
 
-/// Fork the supervisor of one `TOKEN <tab> RUN_DIR <tab> LENGTH` request; the reply line.
-fn start_supervisor(header: &[u8], spec: &[u8]) -> String {
+/// Fork the supervisor of one `TOKEN <tab> RUN_DIR <tab> LENGTH` request: its
+/// token and pid, or the `F` line to send.
+fn start_supervisor(header: &[u8], spec: &[u8]) -> Result<(String, i32), String> {
     use nix::unistd::{ForkResult, fork};
     let mut fields = header.splitn(3, |&b| b == b'\t');
     let (Some(token), Some(dir), Some(_)) = (fields.next(), fields.next(), fields.next()) else {
-        return format!(
+        return Err(format!(
             "F ? malformed request {:?}",
             String::from_utf8_lossy(header)
-        );
+        ));
     };
     let token = String::from_utf8_lossy(token).into_owned();
     let run_dir = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
@@ -414,8 +459,8 @@ fn start_supervisor(header: &[u8], spec: &[u8]) -> String {
     // run any code, allocation included.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => std::process::exit(become_supervisor(&run_dir, spec)),
-        Ok(ForkResult::Parent { child }) => format!("S {token} {child}"),
-        Err(e) => format!("F {token} cannot fork: {e}"),
+        Ok(ForkResult::Parent { child }) => Ok((token, child.as_raw())),
+        Err(e) => Err(format!("F {token} cannot fork: {e}")),
     }
 }
 
@@ -441,7 +486,27 @@ fn become_supervisor(run_dir: &Path, spec: &[u8]) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::next_request;
+    use super::{Children, next_request};
+
+    #[test]
+    fn starts_are_reported_only_once_asked_for_then_all_of_them() {
+        let mut children = Children::default();
+        assert_eq!(children.started("t1".into(), 101), None);
+        assert_eq!(children.started("t2".into(), 102), None);
+        let mut out = Vec::new();
+        children.report_all(&mut out).unwrap();
+        let mut lines: Vec<String> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        assert_eq!(lines, ["S t1 101", "S t2 102"]);
+        assert_eq!(
+            children.started("t3".into(), 103).as_deref(),
+            Some("S t3 103")
+        );
+    }
 
     fn request(token: &str, dir: &str, spec: &[u8]) -> Vec<u8> {
         let mut m = format!("{token}\t{dir}\t{}\n", spec.len()).into_bytes();
