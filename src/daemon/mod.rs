@@ -69,6 +69,12 @@ fn job_schedule(
 /// safety rescan to trust it (see [`Daemon::scan_job_dir`]).
 const SETTLE_NS: i128 = 100_000_000;
 
+/// A file's mtime in epoch nanoseconds.
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
 /// Directory mtimes (epoch ns) before this are settled when read at `now`
 /// (epoch seconds).
 fn settled_before(now: f64) -> i128 {
@@ -149,6 +155,9 @@ struct Daemon {
     watch_targets: HashMap<WatchDescriptor, WatchTarget>,
     job_watches: HashMap<String, JobWatch>,
     root_watched: bool,
+    /// The trigger root's mtime when the rescan last listed it, if settled then:
+    /// unchanged, it holds no new directory to warn about.
+    root_settled_mtime: Option<i128>,
     running: HashMap<String, ActiveRun>,
     /// Young trigger files that did not parse yet: retry at the time given.
     retries: HashMap<PathBuf, (String, f64)>,
@@ -213,6 +222,7 @@ impl Daemon {
             watch_targets: HashMap::new(),
             job_watches: HashMap::new(),
             root_watched: false,
+            root_settled_mtime: None,
             running: HashMap::new(),
             retries: HashMap::new(),
             unrecorded: Vec::new(),
@@ -766,18 +776,45 @@ impl Daemon {
                 Err(e) => warn!("cannot watch {}: {e}; relying on rescans", root.display()),
             }
         }
+        let began = std::time::Instant::now();
         let jobs: Vec<String> = self.config.jobs.keys().cloned().collect();
+        let root_fd = nix::fcntl::open(
+            &root,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok();
         let mut unchanged = 0;
         for job in &jobs {
-            if !self.scan_job_dir(job, full) {
+            let skip = !full
+                && root_fd
+                    .as_ref()
+                    .is_some_and(|root| self.unchanged_since_read(root, job));
+            if skip || !self.scan_job_dir(job, full) {
                 unchanged += 1;
             }
         }
+        // Listing the root only finds directories of no job, to warn about:
+        // skipped, like a job's, while its mtime stays the same.
+        let root_mtime = std::fs::symlink_metadata(&root).ok().map(|m| mtime_ns(&m));
+        let list_root = full || root_mtime.is_none() || root_mtime != self.root_settled_mtime;
+        self.root_settled_mtime = root_mtime.filter(|m| *m < settled_before(crate::time::now()));
         if !full {
             debug!(
-                "safety rescan: {unchanged} of {} trigger directories unchanged since they were read",
-                jobs.len()
+                "safety rescan: {unchanged} of {} trigger directories unchanged since they were read{} ({:.1} ms)",
+                jobs.len(),
+                if list_root {
+                    ""
+                } else {
+                    ", nor the trigger root"
+                },
+                began.elapsed().as_secs_f64() * 1e3
             );
+        }
+        if !list_root {
+            return;
         }
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
@@ -789,6 +826,23 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// The periodic rescan's fast path: the job's trigger dir is a plain
+    /// directory, not writable by every user, with the settled mtime it had
+    /// when last read. One `stat` relative to the trigger root: 10,000 of them
+    /// a minute with 10,000 jobs.
+    fn unchanged_since_read(&self, root: &std::os::fd::OwnedFd, job: &str) -> bool {
+        use nix::libc::{S_IFDIR, S_IFMT};
+        let Some(settled) = self.job_watches.get(job).and_then(|w| w.settled_mtime) else {
+            return false;
+        };
+        let Ok(st) = nix::sys::stat::fstatat(root, job, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            return false;
+        };
+        let mtime = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+        st.st_mode & S_IFMT == S_IFDIR && st.st_mode & 0o002 == 0 && mtime == settled
     }
 
     /// Make sure a job's trigger directory exists and is watched, then scan it
@@ -813,8 +867,8 @@ impl Daemon {
                 return true;
             }
             Ok(m) => {
-                use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                mtime = Some(i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()));
+                use std::os::unix::fs::PermissionsExt;
+                mtime = Some(mtime_ns(&m));
                 if m.permissions().mode() & 0o002 != 0
                     && self.warned_dirs.insert(format!("\0w{job}"))
                 {
