@@ -60,10 +60,43 @@ pub struct PendingRecord {
 /// The latest finished run, the latest with exit 0 and the latest with a non-zero exit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PreviousRuns {
-    pub any: Option<RunRecord>,
-    pub good: Option<RunRecord>,
-    pub bad: Option<RunRecord>,
+    pub any: Option<PreviousRun>,
+    pub good: Option<PreviousRun>,
+    pub bad: Option<PreviousRun>,
 }
+
+/// What a run's PREVIOUS_* variables tell of an earlier run (not its JSON
+/// columns, which would be parsed and kept for nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousRun {
+    pub run_id: String,
+    pub schedule_time: f64,
+    pub start_time: f64,
+    pub stop_time: Option<f64>,
+    pub exit_code: Option<i64>,
+}
+
+impl From<&RunRecord> for PreviousRun {
+    fn from(r: &RunRecord) -> PreviousRun {
+        PreviousRun {
+            run_id: r.run_id.clone(),
+            schedule_time: r.schedule_time,
+            start_time: r.start_time,
+            stop_time: r.stop_time,
+            exit_code: r.exit_code,
+        }
+    }
+}
+
+/// The three PREVIOUS_* lookups in one statement (one read transaction), each
+/// an index seek on `dsari_runs_job_stop` or `dsari_runs_job_ok_stop`.
+const PREVIOUS_RUNS: &str = "\
+SELECT 0, run_id, schedule_time, start_time, stop_time, exit_code FROM (SELECT * FROM runs \
+  WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1) \
+UNION ALL SELECT 1, run_id, schedule_time, start_time, stop_time, exit_code FROM (SELECT * FROM runs \
+  WHERE job_name = ?1 AND (exit_code = 0) = 1 ORDER BY stop_time DESC LIMIT 1) \
+UNION ALL SELECT 2, run_id, schedule_time, start_time, stop_time, exit_code FROM (SELECT * FROM runs \
+  WHERE job_name = ?1 AND (exit_code = 0) = 0 ORDER BY stop_time DESC LIMIT 1)";
 
 /// One open database.
 pub struct Store {
@@ -258,27 +291,33 @@ impl Store {
 
     /// The latest, latest good and latest bad finished run of a job.
     pub fn previous_runs(&self, job_name: &str) -> Result<PreviousRuns, StoreError> {
-        let any = self.one_run(
-            "WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1",
-            job_name,
-        )?;
-        let good = self.one_run(
-            "WHERE job_name = ?1 AND (exit_code = 0) = 1 ORDER BY stop_time DESC LIMIT 1",
-            job_name,
-        )?;
-        let bad = self.one_run(
-            "WHERE job_name = ?1 AND (exit_code = 0) = 0 ORDER BY stop_time DESC LIMIT 1",
-            job_name,
-        )?;
-        Ok(PreviousRuns { any, good, bad })
-    }
-
-    fn one_run(&self, tail: &str, job_name: &str) -> Result<Option<RunRecord>, StoreError> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {tail}");
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        stmt.query_row([job_name], row_to_run)
-            .optional()
-            .map_err(|e| self.err(e))
+        let mut stmt = self
+            .conn
+            .prepare_cached(PREVIOUS_RUNS)
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([job_name], |r| {
+                let run = PreviousRun {
+                    run_id: r.get(1)?,
+                    schedule_time: real_column(r, 2)?,
+                    start_time: real_column(r, 3)?,
+                    stop_time: r.get(4)?,
+                    exit_code: r.get(5)?,
+                };
+                Ok((r.get::<_, i64>(0)?, run))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut previous = PreviousRuns::default();
+        for row in rows {
+            let (which, run) = row.map_err(|e| self.err(e))?;
+            let slot = match which {
+                0 => &mut previous.any,
+                1 => &mut previous.good,
+                _ => &mut previous.bad,
+            };
+            *slot = Some(run);
+        }
+        Ok(previous)
     }
 
     /// Record started runs in `runs_running` and drop their pending rows (plus the
@@ -598,10 +637,13 @@ impl Store {
 
     /// The latest finished run of a job (by stop time), if any.
     pub fn last_run(&self, job_name: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.one_run(
-            "WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1",
-            job_name,
-        )
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job_name = ?1 ORDER BY stop_time DESC LIMIT 1"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        stmt.query_row([job_name], row_to_run)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Everything about one job that `dsari trigger --wait` and `dsari job why`

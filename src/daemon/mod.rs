@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::config::{self, Config, Job};
 use crate::exec::{self, RunContext, RunSpec};
-use crate::store::{PendingRecord, PreviousRuns, RunRecord, Store};
+use crate::store::{PendingRecord, PreviousRun, PreviousRuns, RunRecord, Store};
 use crate::trigger::{self, Outcome};
 use crate::watch::{FsEvent, Watcher};
 use scheduler::Scheduler;
@@ -1501,16 +1501,16 @@ impl Daemon {
         let Some(p) = self.previous.get_mut(&record.job_name) else {
             return;
         };
-        let newer = |old: &Option<RunRecord>| {
+        let newer = |old: &Option<PreviousRun>| {
             old.as_ref()
                 .is_none_or(|o| o.stop_time.unwrap_or(0.0) <= record.stop_time.unwrap_or(0.0))
         };
         if newer(&p.any) {
-            p.any = Some(record.clone());
+            p.any = Some(record.into());
         }
         match record.exit_code {
-            Some(0) if newer(&p.good) => p.good = Some(record.clone()),
-            Some(c) if c != 0 && newer(&p.bad) => p.bad = Some(record.clone()),
+            Some(0) if newer(&p.good) => p.good = Some(record.into()),
+            Some(c) if c != 0 && newer(&p.bad) => p.bad = Some(record.into()),
             _ => {}
         }
     }

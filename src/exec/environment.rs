@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::{Config, Job};
-use crate::store::{PreviousRuns, RunRecord};
+use crate::store::{PreviousRun, PreviousRuns};
 use crate::time::epoch_text;
 
 /// Everything about one run that its environment is made of.
@@ -112,7 +112,7 @@ pub fn build_environment(ctx: &RunContext<'_>) -> BTreeMap<String, String> {
     env
 }
 
-fn previous_run(set: &mut impl FnMut(&str, String), prefix: &str, run: &RunRecord) {
+fn previous_run(set: &mut impl FnMut(&str, String), prefix: &str, run: &PreviousRun) {
     set(&format!("{prefix}RUN_ID"), run.run_id.clone());
     set(
         &format!("{prefix}SCHEDULE_TIME"),
