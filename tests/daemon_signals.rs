@@ -295,6 +295,61 @@ fn periodic_safety_rescan_finds_what_inotify_did_not_report() {
     daemon.assert_alive(&env);
 }
 
+/// Lines of the log since `offset` that are safety-rescan reports.
+fn rescans_since(env: &TestEnv, offset: usize) -> usize {
+    env.log_since(offset)
+        .lines()
+        .filter(|l| l.contains("safety rescan: "))
+        .count()
+}
+
+#[test]
+fn a_dir_of_no_job_is_warned_about_once_not_at_every_rescan() {
+    let env = TestEnv::new(config(json!({})));
+    // Debug builds only: a safety rescan every 0.2 s instead of every minute.
+    let mut daemon = env.start_daemon_with(&["--debug"], &[("DSARI_TEST_RESCAN_INTERVAL", "0.2")]);
+    quick_run(&env, "warmup");
+    let stray = env.data_dir.join("trigger").join("no-such-job");
+    fs::create_dir(&stray).unwrap();
+    fs::write(stray.join("t.json"), "{}").unwrap();
+    let warning = format!(
+        "{}: this directory names no configured job",
+        stray.display()
+    );
+    env.wait_until("the warning about the directory of no job", || {
+        env.log().contains(&warning)
+    });
+    // Several rescans later (the root changed, then stayed the same), still one.
+    let after = env.log_len();
+    env.wait_until("three more safety rescans", || {
+        rescans_since(&env, after) >= 3
+    });
+    assert_eq!(env.log().matches(&warning).count(), 1, "{}", env.log());
+    assert!(stray.join("t.json").exists(), "the file was left alone");
+    daemon.assert_alive(&env);
+}
+
+#[test]
+fn a_trigger_dir_writable_by_every_user_is_named_in_a_warning_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(config(json!({})));
+    let dir = env.trigger_dir("quick");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut daemon = env.start_daemon_with(&["--debug"], &[("DSARI_TEST_RESCAN_INTERVAL", "0.2")]);
+    let warning = format!("[quick] {} is writable by every user", dir.display());
+    env.wait_until("the warning about the world-writable trigger dir", || {
+        env.log().contains(&warning)
+    });
+    // Named once, not again at each rescan.
+    let after = env.log_len();
+    env.wait_until("three more safety rescans", || {
+        rescans_since(&env, after) >= 3
+    });
+    assert_eq!(env.log().matches(&warning).count(), 1, "{}", env.log());
+    daemon.assert_alive(&env);
+}
+
 #[test]
 fn sigusr1_rescans_trigger_directories() {
     let env = TestEnv::new(config(json!({})));
