@@ -72,7 +72,12 @@ const SETTLE_NS: i128 = 100_000_000;
 /// A file's mtime in epoch nanoseconds.
 fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
-    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+    epoch_ns(m.mtime(), m.mtime_nsec())
+}
+
+/// A file time given as seconds and nanoseconds, in epoch nanoseconds.
+fn epoch_ns(secs: i64, nsecs: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsecs)
 }
 
 /// Directory mtimes (epoch ns) before this are settled when read at `now`
@@ -841,8 +846,9 @@ impl Daemon {
         else {
             return false;
         };
-        let mtime = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
-        st.st_mode & S_IFMT == S_IFDIR && st.st_mode & 0o002 == 0 && mtime == settled
+        st.st_mode & S_IFMT == S_IFDIR
+            && st.st_mode & 0o002 == 0
+            && epoch_ns(st.st_mtime, st.st_mtime_nsec) == settled
     }
 
     /// Make sure a job's trigger directory exists and is watched, then scan it
