@@ -295,12 +295,19 @@ fn periodic_safety_rescan_finds_what_inotify_did_not_report() {
     daemon.assert_alive(&env);
 }
 
-/// Lines of the log since `offset` that are safety-rescan reports.
-fn rescans_since(env: &TestEnv, offset: usize) -> usize {
-    env.log_since(offset)
-        .lines()
-        .filter(|l| l.contains("safety rescan: "))
-        .count()
+/// `warning` is logged (once the daemon has seen what it is about), and is
+/// still logged once after three more safety rescans.
+fn assert_warned_once_across_rescans(env: &TestEnv, what: &str, warning: &str) {
+    env.wait_until(what, || env.log().contains(warning));
+    let after = env.log_len();
+    env.wait_until("three more safety rescans", || {
+        env.log_since(after)
+            .lines()
+            .filter(|l| l.contains("safety rescan: "))
+            .count()
+            >= 3
+    });
+    assert_eq!(env.log().matches(warning).count(), 1, "{}", env.log());
 }
 
 #[test]
@@ -316,15 +323,8 @@ fn a_dir_of_no_job_is_warned_about_once_not_at_every_rescan() {
         "{}: this directory names no configured job",
         stray.display()
     );
-    env.wait_until("the warning about the directory of no job", || {
-        env.log().contains(&warning)
-    });
-    // Several rescans later (the root changed, then stayed the same), still one.
-    let after = env.log_len();
-    env.wait_until("three more safety rescans", || {
-        rescans_since(&env, after) >= 3
-    });
-    assert_eq!(env.log().matches(&warning).count(), 1, "{}", env.log());
+    // Rescans later (the root changed, then stayed the same), still one.
+    assert_warned_once_across_rescans(&env, "the warning about the directory of no job", &warning);
     assert!(stray.join("t.json").exists(), "the file was left alone");
     daemon.assert_alive(&env);
 }
@@ -338,15 +338,7 @@ fn a_trigger_dir_writable_by_every_user_is_named_in_a_warning_at_start() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let mut daemon = env.start_daemon_with(&["--debug"], &[("DSARI_TEST_RESCAN_INTERVAL", "0.2")]);
     let warning = format!("[quick] {} is writable by every user", dir.display());
-    env.wait_until("the warning about the world-writable trigger dir", || {
-        env.log().contains(&warning)
-    });
-    // Named once, not again at each rescan.
-    let after = env.log_len();
-    env.wait_until("three more safety rescans", || {
-        rescans_since(&env, after) >= 3
-    });
-    assert_eq!(env.log().matches(&warning).count(), 1, "{}", env.log());
+    assert_warned_once_across_rescans(&env, "the warning about the world-writable dir", &warning);
     daemon.assert_alive(&env);
 }
 
