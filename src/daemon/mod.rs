@@ -783,20 +783,24 @@ impl Daemon {
         }
         let began = std::time::Instant::now();
         let jobs: Vec<String> = self.config.jobs.keys().cloned().collect();
-        let root_fd = nix::fcntl::open(
-            &root,
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok();
+        // Only the periodic rescan takes the fast path (a full one reads every dir).
+        let root_fd = if full {
+            None
+        } else {
+            nix::fcntl::open(
+                &root,
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        };
         let mut unchanged = 0;
         for job in &jobs {
-            let skip = !full
-                && root_fd
-                    .as_ref()
-                    .is_some_and(|root| self.unchanged_since_read(root, job));
+            let skip = root_fd
+                .as_ref()
+                .is_some_and(|root| self.unchanged_since_read(root, job));
             if skip || !self.scan_job_dir(job, full) {
                 unchanged += 1;
             }
