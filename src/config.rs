@@ -27,6 +27,10 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: f64 = 86400.0;
 /// Default `trigger_max_bytes` (SPEC §4.4).
 pub const DEFAULT_TRIGGER_MAX_BYTES: u64 = 1024 * 1024;
 
+/// Default `schedule_accuracy`, seconds: a scheduled run may wait this long
+/// after its time to start with others due by then (one wake-up for them all).
+pub const DEFAULT_SCHEDULE_ACCURACY: f64 = 1.0;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -50,6 +54,9 @@ pub struct Config {
     /// Seconds during which a second trigger with the same `idempotency_key`
     /// makes no new run (SPEC §4.2); 0 turns the check off.
     pub idempotency_window: f64,
+    /// Seconds a scheduled run may start after its time, so that runs due
+    /// close together start in one loop turn; 0 starts each at its time.
+    pub schedule_accuracy: f64,
     pub concurrency_groups: BTreeMap<String, ConcurrencyGroup>,
     pub jobs: BTreeMap<String, Job>,
     /// The merged configuration as read, before validation (`config dump --raw`).
@@ -192,6 +199,7 @@ impl Config {
             "template_dir": self.template_dir.as_deref().map(path_text),
             "trigger_max_bytes": self.trigger_max_bytes,
             "idempotency_window": self.idempotency_window,
+            "schedule_accuracy": self.schedule_accuracy,
         })
     }
 }
@@ -591,6 +599,7 @@ const TOP_KEYS: &[&str] = &[
     "report_run_output_end",
     "trigger_max_bytes",
     "idempotency_window",
+    "schedule_accuracy",
 ];
 
 const JOB_KEYS: &[&str] = &[
@@ -709,6 +718,9 @@ impl<'a> Checker<'a> {
             idempotency_window: self
                 .get(&top, &raw, "idempotency_window", seconds)
                 .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
+            schedule_accuracy: self
+                .get(&top, &raw, "schedule_accuracy", seconds)
+                .unwrap_or(DEFAULT_SCHEDULE_ACCURACY),
             concurrency_groups: self.concurrency_groups(&raw),
             jobs: BTreeMap::new(),
             raw: Value::Null,
@@ -2179,8 +2191,10 @@ mod tests {
         let dir = yaml_dir(concat!(
             "shutdown_kill_runs: true\nshutdown_kill_grace: 2.5\nreport_html_gz: yes\n",
             "report_run_output_start: 100\nreport_run_output_end: 200\ntrigger_max_bytes: 4096\n",
+            "schedule_accuracy: 0.25\n",
         ));
         let config = load_ok(dir.path()).config;
+        assert_eq!(config.schedule_accuracy, 0.25);
         assert!(config.shutdown_kill_runs);
         assert_eq!(config.shutdown_kill_grace, Some(2.5));
         assert!(config.report_html_gz);
@@ -2189,6 +2203,17 @@ mod tests {
             (100, 200)
         );
         assert_eq!(config.trigger_max_bytes, 4096);
+
+        let defaults = load_ok(yaml_dir("{}\n").path()).config;
+        assert_eq!(defaults.schedule_accuracy, 1.0);
+        let Err(e) = load(yaml_dir("schedule_accuracy: -1\n").path()) else {
+            panic!("a negative schedule_accuracy accepted")
+        };
+        assert!(
+            e.errors[0].contains("schedule_accuracy") && e.errors[0].contains("negative"),
+            "{:?}",
+            e.errors
+        );
     }
 
     #[test]

@@ -39,6 +39,78 @@ fn an_every_second_schedule_runs_repeatedly() {
     }
 }
 
+/// Two every-second jobs whose sub-second offsets (crc / 0xFFFFFFFF) are 0.6 s
+/// apart: `soon` is due at .325 of each second, `later` at .922.
+fn two_jobs_0_6_s_apart(accuracy: Option<f64>) -> TestEnv {
+    let job = json!({ "command": ["true"], "schedule": "* * * * * *" });
+    let mut config = json!({ "jobs": { "soon": job.clone(), "later": job } });
+    if let Some(a) = accuracy {
+        config["schedule_accuracy"] = json!(a);
+    }
+    TestEnv::new(config)
+}
+
+/// How long after its time each run of `job` started.
+fn delays(runs: &[Run], job: &str) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.job_name == job)
+        .map(|r| r.start_time - r.schedule_time)
+        .collect()
+}
+
+#[test]
+fn scheduled_runs_due_within_a_second_start_together() {
+    let env = two_jobs_0_6_s_apart(None);
+    let _daemon = env.start_daemon();
+    env.wait_runs("soon", 4);
+    env.wait_runs("later", 4);
+    let runs = env.runs();
+    for r in &runs {
+        let late = r.start_time - r.schedule_time;
+        assert!(
+            (-1e-3..1.1).contains(&late),
+            "a run starts at its time or within schedule_accuracy (1 s) of it, {late} s: {r:?}"
+        );
+    }
+    // Whichever of the two is due first waits for the other (0.6 or 0.4 s).
+    let waited = [delays(&runs, "soon"), delays(&runs, "later")].concat();
+    assert!(
+        waited.iter().filter(|&&d| d > 0.3).count() >= 3,
+        "runs due 0.4-0.6 s apart share one start: delays {waited:?}"
+    );
+    // Each run that has its partner recorded started with it.
+    let last_both = ["soon", "later"]
+        .map(|j| {
+            runs.iter()
+                .filter(|r| r.job_name == j)
+                .map(|r| r.start_time)
+                .fold(f64::MIN, f64::max)
+        })
+        .into_iter()
+        .fold(f64::MAX, f64::min);
+    for r in runs.iter().filter(|r| r.start_time < last_both - 0.1) {
+        assert!(
+            runs.iter()
+                .any(|o| o.job_name != r.job_name && (o.start_time - r.start_time).abs() < 0.1),
+            "no run of the other job started with {r:?}: {runs:#?}"
+        );
+    }
+}
+
+#[test]
+fn schedule_accuracy_0_starts_each_run_at_its_time() {
+    let env = two_jobs_0_6_s_apart(Some(0.0));
+    let _daemon = env.start_daemon();
+    env.wait_runs("soon", 3);
+    env.wait_runs("later", 3);
+    let runs = env.runs();
+    let late = [delays(&runs, "soon"), delays(&runs, "later")].concat();
+    assert!(
+        late.iter().all(|d| (-1e-3..0.3).contains(d)),
+        "with schedule_accuracy 0 no run waits for another: delays {late:?}"
+    );
+}
+
 #[test]
 fn a_group_of_two_never_runs_three_scheduled_jobs_at_once() {
     let job = json!({

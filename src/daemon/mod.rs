@@ -564,7 +564,9 @@ impl Daemon {
             }
         };
         if self.shutdown.is_none() {
-            consider(self.scheduler.next_due(now));
+            // Runs due close together share one wake-up, one transaction and
+            // one write to the launcher (`schedule_accuracy`).
+            consider(self.scheduler.next_wake(now, self.config.schedule_accuracy));
         }
         consider(
             self.retries

@@ -321,6 +321,21 @@ impl Scheduler {
             .find(|&t| t > now)
     }
 
+    /// When to wake for the runs due after `now`: runs due within `accuracy`
+    /// seconds of the first one share its wake-up, at the due time of the last
+    /// of them. None starts before its time, none more than `accuracy` after
+    /// it, and a run with no other due close after it starts at its time.
+    pub fn next_wake(&self, now: f64, accuracy: f64) -> Option<f64> {
+        let first = self.next_due(now)?;
+        let last = self
+            .queue
+            .range((Due(first), 0, String::new())..)
+            .map(|(t, _, _)| t.0)
+            .take_while(|&t| t <= first + accuracy)
+            .last();
+        Some(last.unwrap_or(first))
+    }
+
     /// Is any configured job's pending run due now?
     pub fn has_due(&self, now: f64) -> bool {
         self.queue
@@ -426,6 +441,7 @@ mod tests {
             report_run_output_end: 0,
             trigger_max_bytes: 1 << 20,
             idempotency_window: 86400.0,
+            schedule_accuracy: 1.0,
             concurrency_groups: groups
                 .iter()
                 .map(|(n, m)| {
@@ -628,6 +644,30 @@ mod tests {
         add(&mut s, pending("b1", "b", 30.0, 3));
         assert_eq!(s.next_due(10.0), Some(30.0));
         assert!(s.has_due(10.0));
+    }
+
+    #[test]
+    fn runs_due_within_the_accuracy_share_a_wake_up_and_none_waits_longer() {
+        let jobs = ["a", "b", "c", "d"].map(|n| job(n, false, &[])).to_vec();
+        let mut s = Scheduler::new(&config(jobs, &[]));
+        s.schedule("a", Some(scheduled("a1", "a", 10.0)));
+        assert_eq!(s.next_wake(0.0, 1.0), Some(10.0), "alone, on time");
+        s.schedule("b", Some(scheduled("b1", "b", 10.6)));
+        s.schedule("c", Some(scheduled("c1", "c", 11.2)));
+        s.schedule("d", Some(scheduled("d1", "d", 13.0)));
+        assert_eq!(
+            s.next_wake(0.0, 0.0),
+            Some(10.0),
+            "accuracy 0: each at its time"
+        );
+        // c1 is 1.2 s after a1: waiting for it would make a1 late by more than 1 s.
+        assert_eq!(s.next_wake(0.0, 1.0), Some(10.6));
+        assert_eq!(ids(&s.due(10.6, &mut |_| 0)), ["a1", "b1"]);
+        assert_eq!(s.next_wake(10.6, 1.0), Some(11.2));
+        assert_eq!(s.next_wake(10.6, 2.0), Some(13.0));
+        assert_eq!(ids(&s.due(11.2, &mut |_| 0)), ["c1"]);
+        assert_eq!(s.next_wake(11.2, 1.0), Some(13.0));
+        assert_eq!(s.next_wake(13.0, 1.0), None);
     }
 
     #[test]
