@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn an_every_second_schedule_runs_repeatedly() {
@@ -41,9 +41,10 @@ fn an_every_second_schedule_runs_repeatedly() {
 
 /// Two every-second jobs whose sub-second offsets (crc / 0xFFFFFFFF) are 0.6 s
 /// apart: `soon` is due at .325 of each second, `later` at .922.
-fn two_jobs_0_6_s_apart(accuracy: Option<f64>) -> TestEnv {
+fn two_jobs_0_6_s_apart(accuracy: Option<f64>, soon_command: Value) -> TestEnv {
     let job = json!({ "command": ["true"], "schedule": "* * * * * *" });
     let mut config = json!({ "jobs": { "soon": job.clone(), "later": job } });
+    config["jobs"]["soon"]["command"] = soon_command;
     if let Some(a) = accuracy {
         config["schedule_accuracy"] = json!(a);
     }
@@ -60,7 +61,7 @@ fn delays(runs: &[Run], job: &str) -> Vec<f64> {
 
 #[test]
 fn scheduled_runs_due_within_a_second_start_together() {
-    let env = two_jobs_0_6_s_apart(None);
+    let env = two_jobs_0_6_s_apart(None, json!(["true"]));
     let _daemon = env.start_daemon();
     env.wait_runs("soon", 4);
     env.wait_runs("later", 4);
@@ -98,8 +99,26 @@ fn scheduled_runs_due_within_a_second_start_together() {
 }
 
 #[test]
+fn a_run_whose_previous_end_waits_to_be_recorded_still_sees_it_as_previous() {
+    // Ends of scheduled runs may wait up to schedule_accuracy to be written with
+    // the next ones; `soon` is due again 1 s after it starts, within that wait.
+    let env = two_jobs_0_6_s_apart(None, sh("echo \"$PREVIOUS_RUN_ID\""));
+    let _daemon = env.start_daemon();
+    let mut runs = env.wait_runs("soon", 4);
+    runs.sort_by(|a, b| a.start_time.total_cmp(&b.start_time));
+    for pair in runs.windows(2) {
+        assert_eq!(
+            env.output(&pair[1]).trim(),
+            pair[0].run_id,
+            "PREVIOUS_RUN_ID of the run started at {}",
+            pair[1].start_time
+        );
+    }
+}
+
+#[test]
 fn schedule_accuracy_0_starts_each_run_at_its_time() {
-    let env = two_jobs_0_6_s_apart(Some(0.0));
+    let env = two_jobs_0_6_s_apart(Some(0.0), json!(["true"]));
     let _daemon = env.start_daemon();
     env.wait_runs("soon", 3);
     env.wait_runs("later", 3);

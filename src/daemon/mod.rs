@@ -575,6 +575,9 @@ impl Daemon {
                 .min_by(f64::total_cmp),
         );
         consider(self.db_retry_at);
+        if self.db_retry_at.is_none() {
+            consider(self.record_by());
+        }
         consider(self.shutdown.as_ref().and_then(|s| s.kill_at));
         t
     }
@@ -1219,8 +1222,9 @@ impl Daemon {
         if self.db_retry_at.is_some() {
             return;
         }
-        if !self.record_unrecorded()
-            || (self.shutdown.is_none() && !self.start_due())
+        let now = crate::time::now();
+        if !(self.ends_can_wait(now) || self.record_unrecorded())
+            || (self.shutdown.is_none() && !self.start_due(now))
             || !self.save_pending()
         {
             self.db_retry_at = Some(crate::time::now() + DB_RETRY);
@@ -1312,6 +1316,33 @@ impl Daemon {
         }
     }
 
+    /// May the finished runs wait to be written with the next ones? Only the
+    /// ends of scheduled runs, each for `schedule_accuracy` after it, and never
+    /// when a run is due: a run starts after its job's previous run is recorded
+    /// (its PREVIOUS_* variables). Runs started together end close together,
+    /// and their ends then make one transaction, not one each.
+    fn ends_can_wait(&self, now: f64) -> bool {
+        let accuracy = self.config.schedule_accuracy;
+        !self.unrecorded.is_empty()
+            && accuracy > 0.0
+            && self.shutdown.is_none()
+            && !self.opts.once
+            && !self.scheduler.has_due(now)
+            && self.unrecorded.iter().all(|r| {
+                r.trigger_type == "schedule" && r.stop_time.is_some_and(|t| now < t + accuracy)
+            })
+    }
+
+    /// When the first finished run that waits must be written (see
+    /// [`Self::ends_can_wait`]).
+    fn record_by(&self) -> Option<f64> {
+        self.unrecorded
+            .iter()
+            .filter_map(|r| r.stop_time)
+            .min_by(f64::total_cmp)
+            .map(|t| t + self.config.schedule_accuracy)
+    }
+
     /// Write finished runs to `runs`; false when the database refused (they are kept).
     fn record_unrecorded(&mut self) -> bool {
         if self.unrecorded.is_empty() {
@@ -1353,8 +1384,7 @@ impl Daemon {
     }
 
     /// Start every run that is due and allowed; false when the database refused.
-    fn start_due(&mut self) -> bool {
-        let now = crate::time::now();
+    fn start_due(&mut self, now: f64) -> bool {
         let starts = self.scheduler.due(now, &mut |n| random_below(n));
         if starts.is_empty() {
             return true;
