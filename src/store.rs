@@ -320,6 +320,22 @@ impl Store {
         Ok(previous)
     }
 
+    /// [`Store::previous_runs`] of several jobs, in one read transaction.
+    pub fn previous_runs_many(&self, jobs: &[&str]) -> Vec<Result<PreviousRuns, StoreError>> {
+        let run = |sql: &str| {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .is_ok()
+        };
+        let batch = jobs.len() > 1 && self.conn.is_autocommit() && run("BEGIN");
+        let found = jobs.iter().map(|job| self.previous_runs(job)).collect();
+        if batch && !run("COMMIT") {
+            run("ROLLBACK");
+        }
+        found
+    }
+
     /// Record started runs in `runs_running` and drop their pending rows (plus the
     /// rows of pending runs they replaced), all in one transaction. Sets each
     /// run's `start_time` to the moment the transaction got the write lock.

@@ -1414,14 +1414,15 @@ impl Daemon {
             return false;
         }
         self.obsolete.clear();
-        for (st, record) in starts.into_iter().zip(records) {
+        let previous = self.previous_runs_of(&records);
+        for ((st, record), previous) in starts.into_iter().zip(records).zip(previous) {
             fault_point("started");
             let (run_id, job_name, start_time) = (
                 record.run_id.clone(),
                 record.job_name.clone(),
                 record.start_time,
             );
-            self.spawn(record, st.group);
+            self.spawn(record, st.group, previous);
             // Only now: the run's start is recorded, and its command is not kept waiting.
             self.remove_claimed(&run_id);
             if st.respawn {
@@ -1429,7 +1430,27 @@ impl Daemon {
                 self.schedule_next(&job_name, start_time);
             }
         }
+        self.send_launches();
         true
+    }
+
+    /// Write this turn's runs to the launcher; those it cannot take are started
+    /// directly (as when it ends before forking them).
+    fn send_launches(&mut self) {
+        let Some(launcher) = self.launcher.as_mut() else {
+            return;
+        };
+        if let Err((e, left)) = launcher.send() {
+            warn!("the launcher cannot take runs ({e}); starting supervisors directly");
+            self.launcher = None;
+            for (token, spec) in left {
+                self.launch_event(exec::LaunchEvent::NotStarted {
+                    token,
+                    reason: format!("the launcher cannot take runs ({e})"),
+                    spec,
+                });
+            }
+        }
     }
 
     /// Save pending runs that are not in the database yet; false when it refused.
@@ -1470,12 +1491,11 @@ impl Daemon {
     }
 
     /// Start a run's supervisor; a run that cannot start is recorded as failed.
-    fn spawn(&mut self, record: RunRecord, group: Option<String>) {
+    fn spawn(&mut self, record: RunRecord, group: Option<String>, previous: PreviousRuns) {
         let Some(job) = self.config.jobs.get(&record.job_name).cloned() else {
             return;
         };
         let dir = run_dir(&self.config, &job.name, &record.run_id);
-        let previous = self.previous_runs(&job.name);
         let spec = self.run_spec(&job, &record, &dir, group.as_deref(), &previous);
         let started = serde_json::to_vec(&spec)
             .map_err(|e| format!("cannot write the run's spec: {e}"))
@@ -1516,27 +1536,46 @@ impl Daemon {
         self.unrecorded.push(record);
     }
 
-    /// The PREVIOUS_* runs of a job: from memory once looked up (this daemon writes
-    /// every finished run, so it keeps them current), else three index lookups.
-    fn previous_runs(&mut self, job: &str) -> PreviousRuns {
-        if let Some(p) = self.previous.get(job) {
-            return p.clone();
-        }
-        match self.store.previous_runs(job) {
-            Ok(p) => {
-                if self.previous.len() >= PREVIOUS_CACHE {
-                    // Bounded: 10,000 hourly jobs would otherwise keep three
-                    // whole runs each. A miss costs three index lookups.
-                    self.previous.clear();
+    /// The PREVIOUS_* runs of each record's job: from memory once looked up
+    /// (this daemon writes every finished run, so it keeps them current), else
+    /// three index lookups, those of a whole turn in one read transaction.
+    fn previous_runs_of(&mut self, records: &[RunRecord]) -> Vec<PreviousRuns> {
+        let mut missing: Vec<&str> = records
+            .iter()
+            .map(|r| r.job_name.as_str())
+            .filter(|job| !self.previous.contains_key(*job))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let mut found: HashMap<&str, PreviousRuns> = HashMap::new();
+        for (job, looked_up) in missing.iter().zip(self.store.previous_runs_many(&missing)) {
+            let p = match looked_up {
+                Ok(p) => {
+                    if self.previous.len() >= PREVIOUS_CACHE {
+                        // Bounded: 10,000 hourly jobs would otherwise keep three
+                        // whole runs each. A miss costs three index lookups.
+                        self.previous.clear();
+                    }
+                    self.previous.insert(job.to_string(), p.clone());
+                    p
                 }
-                self.previous.insert(job.to_string(), p.clone());
-                p
-            }
-            Err(e) => {
-                warn!("[{job}] cannot look up previous runs: {e}");
-                PreviousRuns::default()
-            }
+                Err(e) => {
+                    warn!("[{job}] cannot look up previous runs: {e}");
+                    PreviousRuns::default()
+                }
+            };
+            found.insert(job, p);
         }
+        records
+            .iter()
+            .map(|r| {
+                found
+                    .get(r.job_name.as_str())
+                    .or_else(|| self.previous.get(&r.job_name))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     fn remember_previous(&mut self, record: &RunRecord) {

@@ -60,6 +60,9 @@ pub enum LaunchEvent {
 /// The request that makes the launcher report pids (`S` lines) from now on.
 const REPORT_REQUEST: &[u8] = b"report\n";
 
+/// A run the launcher could not take: its token and its spec.
+pub type Untaken = (String, Vec<u8>);
+
 /// Where the launcher's events go (the daemon's event channel).
 pub type LaunchSink = Arc<dyn Fn(LaunchEvent) + Send + Sync>;
 
@@ -92,6 +95,9 @@ pub struct Launcher {
     stdin: ChildStdin,
     pid: u32,
     outstanding: Arc<Mutex<Outstanding>>,
+    /// Requests not written yet ([`Launcher::send`]), and their tokens.
+    queued: Vec<u8>,
+    queued_tokens: Vec<String>,
 }
 
 impl Launcher {
@@ -120,6 +126,8 @@ impl Launcher {
             stdin,
             pid,
             outstanding,
+            queued: Vec::new(),
+            queued_tokens: Vec::new(),
         })
     }
 
@@ -143,8 +151,9 @@ impl Launcher {
     }
 
     /// Hand a run to the launcher: the supervisor it forks creates `run_dir`
-    /// and runs `spec`. An error means no supervisor will take it from here:
-    /// start one another way.
+    /// and runs `spec`. The request is queued; [`Launcher::send`] writes the
+    /// queue, so that the runs of one loop turn wake the launcher once. An
+    /// error means no supervisor will take it from here: start one another way.
     pub fn launch(&mut self, token: &str, run_dir: &Path, spec: &[u8]) -> std::io::Result<()> {
         let dir = run_dir.as_os_str().as_bytes();
         if token.is_empty()
@@ -156,16 +165,6 @@ impl Launcher {
                 "run id or run dir cannot be passed on a line",
             ));
         }
-        let length = spec.len().to_string();
-        let mut message =
-            Vec::with_capacity(token.len() + dir.len() + length.len() + 3 + spec.len());
-        message.extend_from_slice(token.as_bytes());
-        message.push(b'\t');
-        message.extend_from_slice(dir);
-        message.push(b'\t');
-        message.extend_from_slice(length.as_bytes());
-        message.push(b'\n');
-        message.extend_from_slice(spec);
         {
             let mut o = lock(&self.outstanding);
             if o.closed {
@@ -180,18 +179,41 @@ impl Launcher {
                 },
             );
         }
-        match self.stdin.write_all(&message) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Unless the fallback already took the run over, it is ours to start.
-                let mut o = lock(&self.outstanding);
-                if o.runs.remove(token).is_some() {
-                    Err(e)
-                } else {
-                    Ok(())
-                }
-            }
+        let m = &mut self.queued;
+        m.extend_from_slice(token.as_bytes());
+        m.push(b'\t');
+        m.extend_from_slice(dir);
+        m.push(b'\t');
+        m.extend_from_slice(spec.len().to_string().as_bytes());
+        m.push(b'\n');
+        m.extend_from_slice(spec);
+        self.queued_tokens.push(token.to_string());
+        Ok(())
+    }
+
+    /// Write the queued requests (one `write` for a whole loop turn's runs).
+    /// When the launcher cannot take them, the runs no supervisor has taken
+    /// are returned with their specs, to be started another way.
+    pub fn send(&mut self) -> Result<(), (std::io::Error, Vec<Untaken>)> {
+        if self.queued.is_empty() {
+            return Ok(());
         }
+        let written = self.stdin.write_all(&self.queued);
+        self.queued.clear();
+        let tokens = std::mem::take(&mut self.queued_tokens);
+        let Err(e) = written else {
+            return Ok(());
+        };
+        // Unless the fallback already took a run over, it is ours to start.
+        let mut o = lock(&self.outstanding);
+        let left = tokens
+            .into_iter()
+            .filter_map(|t| {
+                let spec = o.runs.remove(&t)?.spec?;
+                Some((t, spec))
+            })
+            .collect();
+        Err((e, left))
     }
 }
 
