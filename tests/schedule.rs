@@ -117,6 +117,37 @@ fn a_run_whose_previous_end_waits_to_be_recorded_still_sees_it_as_previous() {
 }
 
 #[test]
+fn an_end_waiting_to_be_written_is_written_at_shutdown() {
+    // Due every 10 s; with schedule_accuracy 30, an ended run may wait to be
+    // written until the next start (10 s later): SIGTERM must not leave it behind.
+    let env = TestEnv::new(json!({
+        "schedule_accuracy": 30,
+        "jobs": { "five": { "command": ["true"], "schedule": "* * * * * */10" } }
+    }));
+    let mut daemon = env.start_daemon();
+    let running = env.wait_running("five");
+    let status = env
+        .run_dir("five", &running.run_id)
+        .join(".dsari-status.json");
+    env.wait_until("the run's supervisor has left its status", || {
+        status.exists()
+    });
+    assert!(
+        env.running().iter().any(|r| r.run_id == running.run_id),
+        "the ended run waits in runs_running to be written with the next ones"
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(&env).code(), Some(0));
+    assert!(env.running().is_empty(), "{:?}", env.running());
+    let runs = env.runs();
+    assert!(
+        runs.iter()
+            .any(|r| r.run_id == running.run_id && r.exit_code == 0),
+        "{runs:?}"
+    );
+}
+
+#[test]
 fn schedule_accuracy_0_starts_each_run_at_its_time() {
     let env = two_jobs_0_6_s_apart(Some(0.0), json!(["true"]));
     let _daemon = env.start_daemon();

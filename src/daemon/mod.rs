@@ -1658,6 +1658,9 @@ impl Daemon {
                 Ok(()) => return Ok(0),
                 Err(e) => {
                     warn!("the launcher cannot take runs ({e}); starting supervisors directly");
+                    // Runs queued to it this turn are not lost: dropping it
+                    // closes its pipe, and its reader thread hands back each
+                    // run no supervisor took (`LaunchEvent::NotStarted`).
                     self.launcher = None;
                 }
             }
