@@ -585,6 +585,28 @@ fn run_the_launcher_took_but_never_started_runs_once_anyway() {
     daemon.assert_alive(&env);
 }
 
+#[test]
+fn runs_a_launcher_refuses_to_take_are_started_directly_once() {
+    let env = TestEnv::new(config(true, json!({})));
+    // Debug builds only: every launcher closes its request pipe at once and
+    // ends 2 s later, so the daemon's write of a turn's runs fails (EPIPE).
+    let mut daemon = env.start_daemon_with(&[], &[("DSARI_FAULT", "launcher-deaf")]);
+    let run = quick_run(&env, "refused");
+    assert_eq!(run.exit_code, 5, "the run's own exit code");
+    assert!(run.run_data.get("lost").is_none(), "{}", run.run_data);
+    assert_eq!(env.output(&run), "MARK=refused\n");
+    assert!(
+        env.log().contains("Broken pipe") && env.log().contains("starting its supervisor directly"),
+        "the log must say the write failed and the run was started without the launcher:\n{}",
+        env.log()
+    );
+    assert_eq!(runs_with_marker(&env, "refused").len(), 1);
+    env.wait_until("runs_running to be empty", || {
+        env.try_running().is_ok_and(|r| r.is_empty())
+    });
+    daemon.assert_alive(&env);
+}
+
 // ----- crash at every fault point ------------------------------------------
 
 /// Start the daemon with `DSARI_FAULT=point`, drop one trigger (due in

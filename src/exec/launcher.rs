@@ -330,6 +330,14 @@ pub fn serve() -> i32 {
             return 2;
         }
     };
+    if launcher_fault_deaf() {
+        // Debug builds only: the daemon's writes fail (EPIPE) while this
+        // launcher still lives, so its reader thread does not take the runs over.
+        let _ = nix::unistd::close(0);
+        eprintln!("DSARI_FAULT: the launcher stops reading its requests");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        return 9;
+    }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
@@ -394,6 +402,17 @@ pub fn serve() -> i32 {
 fn launcher_fault() -> bool {
     #[cfg(debug_assertions)]
     if std::env::var("DSARI_FAULT").is_ok_and(|f| f == "launcher") {
+        return true;
+    }
+    false
+}
+
+/// Debug builds only: `DSARI_FAULT=launcher-deaf` makes the launcher close its
+/// request pipe at once and end 2 s later (how the daemon copes with a write
+/// that fails is tested).
+fn launcher_fault_deaf() -> bool {
+    #[cfg(debug_assertions)]
+    if std::env::var("DSARI_FAULT").is_ok_and(|f| f == "launcher-deaf") {
         return true;
     }
     false
